@@ -1,0 +1,185 @@
+"""Loading a GGUF model and its tokenizer through llama.cpp's low-level API.
+
+`Model` owns the `llama_model` pointer and answers the questions the rest of
+the engine asks of it: tokens for a text, bytes for a token, end-of-generation
+tests and metadata. Every failure to load ends in `ModelLoadError` with a
+one-line message that says what went wrong and where.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp.llama_cpp as llama
+
+from igllama.engine import logs
+
+GGUF_MAGIC = b"GGUF"
+
+ProgressCallback = Callable[[float], None]
+
+
+class ModelLoadError(Exception):
+    """The model or its context could not be loaded; the message says why and where."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """How to load a model file."""
+
+    path: str
+    n_gpu_layers: int = 0  # -1 offloads every layer; a CPU build ignores it
+    mlock: bool = False
+
+
+def model_params(config: ModelConfig) -> llama.llama_model_params:
+    """The llama.cpp load parameters for `config`.
+
+    The bindings replaced `use_mmap`/`use_mlock` with `load_mode`; a ctypes
+    Structure silently ignores unknown attributes, so the field names are
+    checked by the tests rather than trusted.
+    """
+    params = llama.llama_model_default_params()
+    params.n_gpu_layers = config.n_gpu_layers
+    # No repacked weight layouts: with them llama.cpp multiplies groups of four
+    # rows with another kernel than the rest, so a request's greedy output would
+    # depend on how many others share its batch. Measured here on the demo
+    # model: prefill and generation speed are the same either way.
+    params.use_extra_bufts = False
+    params.load_mode = llama.LLAMA_LOAD_MODE_MMAP_MLOCK if config.mlock else llama.LLAMA_LOAD_MODE_MMAP
+    return params
+
+
+def check_gguf_file(path: str) -> None:
+    """Refuse a path that is missing or is not a GGUF file, before llama.cpp sees it."""
+    file = Path(path)
+    if not file.exists():
+        raise ModelLoadError(f"model file not found: {path}")
+    if not file.is_file():
+        raise ModelLoadError(f"model path is not a file: {path}")
+    try:
+        with file.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model file {path}: {exc.strerror}") from None
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(f"not a GGUF file (it starts with {magic!r}, not b'GGUF'): {path}")
+
+
+class Model:
+    """A loaded GGUF model: weights, vocabulary and metadata."""
+
+    def __init__(self, config: ModelConfig, progress: ProgressCallback | None = None) -> None:
+        check_gguf_file(config.path)
+        logs.install()
+        llama.llama_backend_init()
+        params = model_params(config)
+        # The ctypes callback object must outlive the load call.
+        progress_cb = _progress_callback(progress)
+        if progress_cb is not None:
+            params.progress_callback = progress_cb
+        logs.forget_last_error()
+        self._model = llama.llama_model_load_from_file(os.fsencode(config.path), params)
+        if not self._model:
+            reason = logs.last_error() or "unknown error"
+            raise ModelLoadError(f"llama.cpp could not load {config.path}: {reason}")
+        self.config = config
+        self.path = config.path
+        self.vocab = llama.llama_model_get_vocab(self._model)
+        self.n_vocab: int = llama.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train: int = llama.llama_model_n_ctx_train(self._model)
+        self.n_embd: int = llama.llama_model_n_embd(self._model)
+        self.n_swa: int = llama.llama_model_n_swa(self._model)
+        self.add_bos: bool = llama.llama_vocab_get_add_bos(self.vocab)
+        self.architecture = self.metadata("general.architecture") or ""
+        self.bos_text = self._special_text(llama.llama_vocab_bos(self.vocab))
+        self.eos_text = self._special_text(llama.llama_vocab_eos(self.vocab))
+        self._piece_buffer = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}
+
+    @property
+    def pointer(self) -> llama.llama_model_p:
+        return self._model
+
+    def close(self) -> None:
+        if getattr(self, "_model", None):
+            llama.llama_model_free(self._model)
+            self._model = None
+
+    def metadata(self, key: str) -> str | None:
+        """A GGUF metadata value as a string, or None when the key is absent."""
+        size = 256
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama.llama_model_meta_val_str(self._model, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", errors="replace")
+            size = n + 1
+
+    def chat_template(self) -> str | None:
+        """The model's own `tokenizer.chat_template`, if its GGUF carries one."""
+        raw = llama.llama_model_chat_template(self._model, None)
+        return raw.decode("utf-8", errors="replace") if raw else None
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        """Tokens for `text`; `add_special` adds BOS (and EOS) where the model asks for them."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        tokens = (llama.llama_token * capacity)()
+        n = llama.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, parse_special)
+        if n < 0:  # the buffer was too small: -n is the size needed
+            capacity = -n
+            tokens = (llama.llama_token * capacity)()
+            n = llama.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, parse_special)
+        return tokens[:n]
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """Tokens for a rendered chat prompt: special tokens parsed, BOS exactly once."""
+        starts_with_bos = bool(self.bos_text) and text.startswith(self.bos_text)
+        return self.tokenize(text, add_special=self.add_bos and not starts_with_bos)
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a generated token stands for (special tokens render as nothing)."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        buf = self._piece_buffer
+        n = llama.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        piece = buf.raw[:n]
+        self._pieces[token] = piece
+        return piece
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama.llama_vocab_is_eog(self.vocab, token))
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        text = llama.llama_vocab_get_text(self.vocab, token)
+        return text.decode("utf-8", errors="replace") if text else ""
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _progress_callback(progress: ProgressCallback | None) -> object | None:
+    if progress is None:
+        return None
+
+    def on_progress(fraction: float, _user_data: ctypes.c_void_p) -> bool:
+        try:
+            progress(fraction)
+        except Exception:  # a broken progress bar must not abort the load
+            pass
+        return True
+
+    return llama.llama_progress_callback(on_progress)

@@ -1,0 +1,155 @@
+"""The llama_context: creating it, filling batches, decoding them.
+
+Only the engine thread touches a `Runner` after it is built: llama.cpp
+contexts are not thread-safe, and ctypes releases the GIL during
+`llama_decode`, so the event loop keeps serving while a batch runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import llama_cpp.llama_cpp as llama
+
+from igllama.engine import logs
+from igllama.engine.model import Model, ModelLoadError
+
+
+def default_threads() -> int:
+    """All the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True, slots=True)
+class ContextConfig:
+    n_ctx: int = 4096
+    n_batch: int = 512
+    n_seq_max: int = 1
+    n_threads: int = 0  # 0: all cores
+    n_threads_batch: int = 0
+    embeddings: bool = False
+
+
+# llama.cpp overflows 32-bit sizes (and aborts) on absurd contexts; refuse them first.
+MAX_CTX = 1 << 24
+
+
+class DecodeError(Exception):
+    """llama_decode failed; `code` is its return value."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Runner:
+    """A llama_context with one reusable batch of `n_batch` tokens."""
+
+    def __init__(self, model: Model, config: ContextConfig) -> None:
+        if not 1 <= config.n_ctx <= MAX_CTX:
+            raise ModelLoadError(f"context size must be between 1 and {MAX_CTX} tokens, not {config.n_ctx}")
+        if config.n_batch < 1:
+            raise ModelLoadError(f"batch size must be at least 1, not {config.n_batch}")
+        params = llama.llama_context_default_params()
+        params.n_ctx = config.n_ctx
+        params.n_batch = params.n_ubatch = min(config.n_batch, config.n_ctx)
+        params.n_seq_max = config.n_seq_max
+        params.n_threads = config.n_threads or default_threads()
+        params.n_threads_batch = config.n_threads_batch or default_threads()
+        params.kv_unified = True  # one pool: a lone long conversation may use all of it
+        # Keep the whole sliding-window cache (llama.cpp's own default here):
+        # otherwise a sliding-window model (Gemma 3) drops old positions and a
+        # conversation's next turn cannot reuse its prefix past the window.
+        params.swa_full = True
+        params.no_perf = True
+        if config.embeddings:
+            params.embeddings = True
+            if model.metadata(f"{model.architecture}.pooling_type") is None:
+                params.pooling_type = llama.LLAMA_POOLING_TYPE_MEAN  # generative models: mean
+        logs.forget_last_error()
+        self._ctx = llama.llama_init_from_model(model.pointer, params)
+        if not self._ctx:
+            reason = logs.last_error() or "unknown error"
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {config.n_ctx} tokens for {model.path}: {reason}"
+            )
+        self.model = model
+        self.n_ctx: int = llama.llama_n_ctx(self._ctx)
+        self.n_batch: int = llama.llama_n_batch(self._ctx)
+        self.n_seq_max: int = llama.llama_n_seq_max(self._ctx)
+        self._memory = llama.llama_get_memory(self._ctx)
+        self._batch = llama.llama_batch_init(self.n_batch, 0, 1)
+        self.batch_size = 0
+
+    @property
+    def ctx(self) -> llama.llama_context_p:
+        return self._ctx
+
+    def close(self) -> None:
+        if getattr(self, "_ctx", None):
+            llama.llama_batch_free(self._batch)
+            llama.llama_free(self._ctx)
+            self._ctx = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    # -- batches
+
+    def clear_batch(self) -> None:
+        self.batch_size = 0
+
+    def add_tokens(self, seq_id: int, first_pos: int, tokens: Iterable[int], logits_for_last: bool) -> int:
+        """Append tokens at consecutive positions; returns the batch index of the last one."""
+        batch = self._batch
+        token, pos, n_seq_id, seq_ids, logits = batch.token, batch.pos, batch.n_seq_id, batch.seq_id, batch.logits
+        i = self.batch_size
+        p = first_pos
+        for t in tokens:
+            token[i] = t
+            pos[i] = p
+            n_seq_id[i] = 1
+            seq_ids[i][0] = seq_id
+            logits[i] = 0
+            i += 1
+            p += 1
+        if logits_for_last:
+            logits[i - 1] = 1
+        self.batch_size = i
+        return i - 1
+
+    def mark_all_outputs(self, start: int, stop: int) -> None:
+        logits = self._batch.logits
+        for i in range(start, stop):
+            logits[i] = 1
+
+    def decode(self) -> None:
+        """Run the batch. Raises DecodeError; code 1 means the KV pool had no room."""
+        self._batch.n_tokens = self.batch_size
+        code = llama.llama_decode(self._ctx, self._batch)
+        if code != 0:
+            reason = {1: "no room in the KV cache", 2: "aborted", -1: "invalid batch"}.get(code, "fatal error")
+            raise DecodeError(code, f"llama_decode failed ({code}: {reason})")
+
+    # -- KV memory
+
+    def remove(self, seq_id: int, from_pos: int) -> bool:
+        """Drop a sequence's KV cells from position `from_pos` on (0: all of them)."""
+        return bool(llama.llama_memory_seq_rm(self._memory, seq_id, from_pos, -1))
+
+    def min_position(self, seq_id: int) -> int:
+        return int(llama.llama_memory_seq_pos_min(self._memory, seq_id))
+
+    def clear_memory(self) -> None:
+        llama.llama_memory_clear(self._memory, True)
+
+    # -- embeddings
+
+    def sequence_embedding(self, seq_id: int) -> llama.ctypes.POINTER(llama.ctypes.c_float) | None:
+        ptr = llama.llama_get_embeddings_seq(self._ctx, seq_id)
+        return ptr if ptr else None

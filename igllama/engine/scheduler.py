@@ -1,0 +1,187 @@
+"""Slots, the prefix cache and the choice of what goes into each batch.
+
+N slots share one unified KV pool. Each slot remembers which tokens its KV
+sequence holds; a new request goes to the free slot whose tokens share the
+longest prefix with its prompt, and only the rest is prefilled. Requests
+beyond N wait in a FIFO queue. The scheduler decides; `Runner` executes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from igllama.engine.sequence import Sequence, Status
+
+
+class Slot:
+    """One KV-cache sequence id and the tokens whose keys and values it holds."""
+
+    __slots__ = ("seq_id", "tokens", "sequence", "last_used")
+
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+        self.tokens: list[int] = []  # position i of the KV sequence holds tokens[i]
+        self.sequence: Sequence | None = None
+        self.last_used = 0
+
+
+@dataclass(slots=True)
+class BatchItem:
+    """Tokens of one sequence in the next batch; logits wanted for the last one if `wants_logits`."""
+
+    sequence: Sequence
+    tokens: list[int]
+    wants_logits: bool
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class KvMemory:
+    """What the scheduler needs of llama.cpp's KV memory (see `Runner`)."""
+
+    remove: Callable[[int, int], bool]  # (seq_id, from position) -> False if unsupported
+    min_position: Callable[[int], int]  # lowest position still held for seq_id, -1 if none
+
+
+class Scheduler:
+    def __init__(self, n_slots: int, n_ctx: int, n_batch: int, n_swa: int, memory: KvMemory) -> None:
+        self.slots = [Slot(i) for i in range(n_slots)]
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # in admission order
+        self.n_ctx = n_ctx  # cells in the shared pool; also the most one sequence may hold
+        self.n_batch = n_batch
+        self.n_swa = n_swa
+        self.memory = memory
+        self._clock = 0
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def cells_used(self) -> int:
+        return sum(len(slot.tokens) for slot in self.slots)
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def release(self, seq: Sequence) -> None:
+        """Forget a finished or cancelled sequence; its slot keeps its tokens for reuse."""
+        if seq.status is Status.WAITING:
+            self.waiting.remove(seq)
+        elif seq in self.running:
+            self.running.remove(seq)
+        if seq.slot is not None:
+            seq.slot.sequence = None
+            seq.slot = None
+        seq.status = Status.FINISHED
+
+    def admit(self) -> None:
+        """Give free slots to waiting sequences, first come first served."""
+        while self.waiting:
+            free = [slot for slot in self.slots if slot.sequence is None]
+            if not free:
+                return
+            seq = self.waiting[0]
+            slot = max(free, key=lambda s: (common_prefix_length(s.tokens, seq.prompt), -s.last_used))
+            if not self._has_room_for(seq, slot):
+                return  # wait for running sequences to finish; FIFO order is kept
+            self.waiting.popleft()
+            self._attach(seq, slot)
+
+    def _has_room_for(self, seq: Sequence, slot: Slot) -> bool:
+        """Whether the KV pool can take this prompt beside what running prompts still need."""
+        reusable = common_prefix_length(slot.tokens, seq.prompt)
+        evictable = sum(len(s.tokens) for s in self.slots if s.sequence is None and s is not slot)
+        evictable += len(slot.tokens) - reusable
+        reserved = sum(s.prompt_remaining + 1 for s in self.running if s.status is Status.PREFILLING)
+        needed = len(seq.prompt) - reusable + 1
+        return self.n_ctx - self.cells_used + evictable - reserved >= needed
+
+    def _attach(self, seq: Sequence, slot: Slot) -> None:
+        # At least the last prompt token is decoded again: its logits give the first token.
+        n_reuse = min(common_prefix_length(slot.tokens, seq.prompt), len(seq.prompt) - 1)
+        if not seq.reuse_cache:
+            n_reuse = 0
+        if n_reuse > 0 and self.n_swa > 0:
+            # A sliding-window cache may already have dropped positions the
+            # continuation attends to; llama-server re-processes in that case too.
+            if self.memory.min_position(slot.seq_id) > max(0, n_reuse - self.n_swa):
+                n_reuse = 0
+        if n_reuse < len(slot.tokens):
+            if not self.memory.remove(slot.seq_id, n_reuse):
+                self.memory.remove(slot.seq_id, 0)
+                n_reuse = 0
+            del slot.tokens[n_reuse:]
+        self._clock += 1
+        slot.last_used = self._clock
+        slot.sequence = seq
+        seq.slot = slot
+        seq.n_cached = seq.n_fed = n_reuse
+        seq.status = Status.PREFILLING
+        seq.t_admitted = time.perf_counter()
+        self.running.append(seq)
+
+    def plan(self) -> tuple[list[BatchItem], list[Sequence]]:
+        """The next batch: one token of every decoding sequence, then prefill
+        chunks in admission order, within `n_batch` tokens and the free KV
+        cells. Also returns decoding sequences that no longer fit (to end with
+        finish reason "length")."""
+        items: list[BatchItem] = []
+        out_of_room: list[Sequence] = []
+        budget = self.n_batch
+        free_cells = self.n_ctx - self.cells_used
+        for seq in self.running:
+            if seq.status is not Status.DECODING:
+                continue
+            if len(seq.slot.tokens) >= self.n_ctx:
+                out_of_room.append(seq)
+                continue
+            if free_cells < 1:
+                free_cells += self._evict_idle(1 - free_cells)
+            if free_cells < 1:
+                out_of_room.append(seq)
+                continue
+            items.append(BatchItem(seq, [seq.next_token], True))
+            budget -= 1
+            free_cells -= 1
+        for seq in self.running:
+            if seq.status is not Status.PREFILLING or budget <= 0:
+                continue
+            n = min(seq.prompt_remaining, budget)
+            if free_cells < n:
+                free_cells += self._evict_idle(n - free_cells)
+            n = min(n, free_cells)
+            if n <= 0:
+                continue  # wait for others to finish and free cells
+            chunk = seq.prompt[seq.n_fed : seq.n_fed + n]
+            items.append(BatchItem(seq, chunk, n == seq.prompt_remaining))
+            budget -= n
+            free_cells -= n
+        return items, out_of_room
+
+    def _evict_idle(self, cells_needed: int) -> int:
+        """Drop the cached tokens of idle slots, least recently used first."""
+        freed = 0
+        idle = sorted((s for s in self.slots if s.sequence is None and s.tokens), key=lambda s: s.last_used)
+        for slot in idle:
+            if freed >= cells_needed:
+                break
+            self.memory.remove(slot.seq_id, 0)
+            freed += len(slot.tokens)
+            slot.tokens.clear()
+        return freed
+
+    def forget_all(self) -> None:
+        """After a failed decode the KV state is unknown: no slot may trust its tokens."""
+        for slot in self.slots:
+            slot.tokens.clear()

@@ -1,0 +1,148 @@
+"""Generation against the real demo model, temperature 0."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from igllama.engine import Engine, PromptTooLongError, SamplingParams, TextDelta
+from tests.engine.conftest import ask, run
+
+PROMPT = "Write a short poem about the sea."
+OTHERS = ["What is the capital of France?", "Name three colors.", "Tell me about the moon."]
+
+
+async def test_greedy_output_is_deterministic(engine: Engine) -> None:
+    first, done = await run(engine, ask(PROMPT, cache_prompt=False))
+    second, _ = await run(engine, ask(PROMPT, cache_prompt=False))
+    assert "".join(first).strip()
+    assert "".join(first) == "".join(second)
+    assert done.finish_reason == "length"
+    assert done.completion_tokens == 24
+    assert done.prompt_tokens > 5
+    # Served from the prefix cache, the same request is just as repeatable.
+    cached = [await run(engine, ask(PROMPT)) for _ in range(2)]
+    assert cached[0][1].cached_tokens == cached[0][1].prompt_tokens - 1
+    assert "".join(cached[0][0]) == "".join(cached[1][0])
+
+
+async def test_output_alone_equals_output_beside_three_others(engine: Engine) -> None:
+    # Without the prefix cache, each prompt is prefilled the same way both times,
+    # so any difference would come from sharing the batch and the KV pool.
+    prompts = [PROMPT, *OTHERS]
+    alone = ["".join((await run(engine, ask(p, max_tokens=40, cache_prompt=False)))[0]) for p in prompts]
+    together = await asyncio.gather(*(run(engine, ask(p, max_tokens=40, cache_prompt=False)) for p in prompts))
+    assert ["".join(deltas) for deltas, _ in together] == alone
+
+
+async def test_eight_requests_on_four_slots_all_complete(engine: Engine) -> None:
+    prompts = [f"Count from {i} to {i + 5}." for i in range(8)]
+    results = await asyncio.gather(*(run(engine, ask(p, max_tokens=12)) for p in prompts))
+    for deltas, done in results:
+        assert done.completion_tokens > 0
+        assert done.finish_reason in ("stop", "length")
+        assert "".join(deltas)
+
+
+async def test_second_turn_reuses_the_prefix_cache(engine: Engine) -> None:
+    from igllama.engine import ChatMessage, CompletionRequest
+
+    story = " ".join(f"Sentence {i} of a long story about a lighthouse keeper." for i in range(20))
+    turn1 = (ChatMessage("user", story + " Summarise it."),)
+    deltas, first = await run(engine, CompletionRequest(turn1, max_tokens=16, sampling=SamplingParams(temperature=0)))
+    turn2 = turn1 + (ChatMessage("assistant", "".join(deltas)), ChatMessage("user", "Shorter, please."))
+    _, second = await run(engine, CompletionRequest(turn2, max_tokens=8, sampling=SamplingParams(temperature=0)))
+    prefilled = second.prompt_tokens - second.cached_tokens
+    assert second.cached_tokens >= first.prompt_tokens
+    assert prefilled < 0.2 * second.prompt_tokens
+
+
+async def test_cancelling_frees_the_slot_within_a_step(model_path: str) -> None:
+    from igllama.engine import EngineConfig, ModelConfig
+
+    engine = Engine(EngineConfig(ModelConfig(model_path), n_ctx=512, n_batch=128, n_slots=1))
+    try:
+        stream = engine.generate(ask(PROMPT, max_tokens=400))
+        async for event in stream:
+            if isinstance(event, TextDelta) and engine.steps >= 3:
+                break
+        await stream.aclose()
+        steps_at_cancel = engine.steps
+        # The only slot is free again: the next request starts and finishes at once.
+        deltas, done = await asyncio.wait_for(run(engine, ask(OTHERS[0], max_tokens=4)), timeout=30)
+        assert done.completion_tokens >= 1
+        assert engine.steps - steps_at_cancel <= 1 + 4 + 1  # at most one more step for the cancelled one
+        assert not engine.scheduler.running
+    finally:
+        engine.close()
+
+
+async def test_stop_string_across_token_boundaries(engine: Engine) -> None:
+    deltas, _ = await run(engine, ask(PROMPT, max_tokens=32))
+    text = "".join(deltas)
+    # A stop string made of the end of one delta and the start of the next.
+    k = next(i for i in range(1, len(deltas)) if len(deltas[i - 1].strip()) >= 2 and deltas[i].strip())
+    boundary = sum(len(d) for d in deltas[:k])
+    stop = text[boundary - 2 : boundary + 2]
+    cut, done = await run(engine, ask(PROMPT, max_tokens=32, stop=(stop,)))
+    expected = text[: text.find(stop)]
+    assert "".join(cut) == expected
+    assert stop not in "".join(cut)
+    assert done.finish_reason == "stop"
+
+
+async def test_max_tokens_gives_length_and_eog_gives_stop(engine: Engine) -> None:
+    _, done = await run(engine, ask("Hi", max_tokens=3))
+    assert (done.finish_reason, done.completion_tokens) == ("length", 3)
+    # Ban nothing, but make the end-of-turn token overwhelmingly likely: the reply stops at once.
+    end_of_turn = engine.model.tokenize("<end_of_turn>", add_special=False)[0]
+    sampling = SamplingParams(temperature=0.0, logit_bias=((end_of_turn, 100.0),))
+    deltas, done = await run(engine, ask("Hi", max_tokens=10, sampling=sampling))
+    assert (done.finish_reason, done.completion_tokens, deltas) == ("stop", 0, [])
+
+
+async def test_logit_bias_and_seeded_sampling(engine: Engine) -> None:
+    greedy, _ = await run(engine, ask(PROMPT, max_tokens=8))
+    first_token = engine.model.tokenize(greedy[0], add_special=False)[0]
+    banned = SamplingParams(temperature=0.0, logit_bias=((first_token, float("-inf")),))
+    biased, _ = await run(engine, ask(PROMPT, max_tokens=8, sampling=banned))
+    assert biased[0] != greedy[0]
+    hot = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=1234)
+    a, _ = await run(engine, ask(PROMPT, max_tokens=16, sampling=hot))
+    b, _ = await run(engine, ask(PROMPT, max_tokens=16, sampling=hot))
+    assert "".join(a) == "".join(b)
+
+
+async def test_prompt_longer_than_context_is_refused_with_both_numbers(engine: Engine) -> None:
+    with pytest.raises(PromptTooLongError) as caught:
+        await run(engine, ask("lighthouse " * 3000))
+    message = str(caught.value)
+    assert str(engine.n_ctx) in message and str(caught.value.n_prompt) in message
+    assert caught.value.n_prompt > engine.n_ctx
+
+
+async def test_filling_the_context_ends_with_length(model_path: str) -> None:
+    from igllama.engine import EngineConfig, ModelConfig
+
+    engine = Engine(EngineConfig(ModelConfig(model_path), n_ctx=256, n_batch=128, n_slots=2))
+    try:
+        prompt = "Repeat after me: " + "la " * 150
+        deltas, done = await run(engine, ask(prompt, max_tokens=1000))
+        assert done.finish_reason == "length"
+        assert done.prompt_tokens + done.completion_tokens <= engine.n_ctx + 1
+        # The engine is still healthy afterwards.
+        _, after = await run(engine, ask("Hi", max_tokens=2))
+        assert after.completion_tokens == 2
+    finally:
+        engine.close()
+
+
+async def test_timings_are_reported(engine: Engine) -> None:
+    start = time.perf_counter()
+    _, done = await run(engine, ask(OTHERS[1] + " Quickly.", max_tokens=16))
+    wall_ms = (time.perf_counter() - start) * 1000
+    assert 0 < done.prefill_ms < wall_ms
+    assert 0 < done.generation_ms < wall_ms
+    assert done.generation_tokens_per_s > 0 and done.prefill_tokens_per_s > 0
