@@ -1,0 +1,7 @@
+"""`python -m igllama api ...`"""
+
+import sys
+
+from igllama.cli import main
+
+sys.exit(main())

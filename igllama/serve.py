@@ -1,0 +1,139 @@
+"""Run the product: bind the port, load the model behind a 503, serve until a signal.
+
+The port is bound before the model loads so that orchestrators can poll
+`/health` (503 while loading, 200 when ready) instead of guessing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+
+import uvloop
+
+from igllama import __version__
+from igllama.api import App, AppSettings, error_body
+from igllama.cli import ServerConfig
+from igllama.engine import Engine, EngineConfig, ModelConfig, ModelLoadError, TemplateError, default_threads
+from igllama.http import Limits, ListenError, Server, run_until_signal
+
+log = logging.getLogger("igllama")
+
+
+def engine_config(config: ServerConfig) -> EngineConfig:
+    return EngineConfig(
+        model=ModelConfig(config.model, n_gpu_layers=config.gpu_layers, mlock=config.mlock),
+        n_ctx=config.ctx_size,
+        n_batch=config.batch_size,
+        n_slots=config.parallel,
+        n_threads=config.threads or default_threads(),
+        n_threads_batch=config.threads_batch or default_threads(),
+        chat_template=config.chat_template,
+        no_think=config.no_think,
+    )
+
+
+def serve(config: ServerConfig) -> int:
+    """Serve until SIGINT/SIGTERM; the process exit status."""
+    return uvloop.run(_serve(config))
+
+
+async def _serve(config: ServerConfig) -> int:
+    model_id = config.alias or Path(config.model).name
+    app = App(AppSettings(model_id, config.max_tokens, config.temp, config.api_key))
+    try:
+        server = await Server.start(app.router, config.host, config.port, limits=Limits(), error_body=error_body)
+    except ListenError as exc:
+        print(f"igllama: error: {exc}", file=sys.stderr)
+        return 1
+    _banner(config, server, model_id)
+    progress = _ProgressBar()
+
+    def on_progress(fraction: float) -> None:
+        app.load_progress = fraction
+        progress.update(fraction)
+
+    started = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    load = loop.run_in_executor(None, Engine, engine_config(config), on_progress)
+    stop = asyncio.ensure_future(run_until_signal(server))
+    await asyncio.wait([load, stop], return_when=asyncio.FIRST_COMPLETED)
+    if stop.done():  # interrupted while loading: let the load finish, then free it
+        engine = await _loaded_or_none(load)
+        if engine is not None:
+            engine.close()
+        return 0
+    try:
+        engine = load.result()
+    except (ModelLoadError, TemplateError) as exc:
+        progress.abandon()
+        print(f"igllama: error: {exc}", file=sys.stderr)
+        stop.cancel()
+        await server.close(0.0)
+        return 1
+    progress.finish()
+    app.set_engine(engine)
+    print(f"ready in {time.perf_counter() - started:.1f} s: http://{_url_host(server.host)}:{server.port}/v1", file=sys.stderr)
+    await stop
+    engine.close()
+    return 0
+
+
+async def _loaded_or_none(load: asyncio.Future[Engine]) -> Engine | None:
+    try:
+        return await load
+    except Exception:
+        return None
+
+
+def _banner(config: ServerConfig, server: Server, model_id: str) -> None:
+    threads = config.threads or default_threads()
+    threads_batch = config.threads_batch or default_threads()
+    lines = [
+        f"igllama {__version__}: OpenAI-compatible API on http://{_url_host(server.host)}:{server.port}",
+        f"  model    {config.model}" + (" (the bundled demo model)" if config.using_demo else ""),
+        f"  id       {model_id}",
+        f"  context  {config.ctx_size} tokens shared by {config.parallel} slots, batch {config.batch_size}",
+        f"  threads  {threads} generation, {threads_batch} prefill; gpu layers {config.gpu_layers}"
+        f"{'; mlock' if config.mlock else ''}{'; no-think' if config.no_think else ''}",
+    ]
+    if config.api_key:
+        lines.append("  api key  required (Authorization: Bearer ...)")
+    print("\n".join(lines), file=sys.stderr)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class _ProgressBar:
+    """A load progress bar on a terminal; two plain lines otherwise."""
+
+    WIDTH = 30
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.shown = -1
+        if not self.tty:
+            print("loading model ...", file=sys.stderr)
+
+    def update(self, fraction: float) -> None:
+        percent = int(fraction * 100)
+        if not self.tty or percent == self.shown:
+            return
+        self.shown = percent
+        filled = int(fraction * self.WIDTH)
+        sys.stderr.write(f"\rloading model [{'#' * filled}{'.' * (self.WIDTH - filled)}] {percent:3d}%")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.update(1.0)
+            sys.stderr.write("\n")
+
+    def abandon(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
