@@ -1,7 +1,7 @@
 """The engine: llama.cpp through its low-level ctypes API, many requests at once."""
 
 from igllama.engine.embeddings import EmbeddingInputError, EmbeddingResult
-from igllama.engine.engine import Engine, EngineConfig, PromptTooLongError
+from igllama.engine.engine import Engine, EngineConfig, GenerationStream, PromptTooLongError
 from igllama.engine.model import ModelConfig, ModelLoadError
 from igllama.engine.runner import default_threads
 from igllama.engine.sampling import SamplingParams
@@ -16,6 +16,7 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "Finished",
+    "GenerationStream",
     "ModelConfig",
     "ModelLoadError",
     "PromptTooLongError",

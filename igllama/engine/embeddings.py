@@ -33,7 +33,7 @@ class EmbeddingResult:
 class EmbeddingJob:
     """One embeddings request on the engine thread."""
 
-    __slots__ = ("inputs", "vectors", "next_input", "sink")
+    __slots__ = ("inputs", "next_input", "sink", "vectors")
 
     def __init__(self, inputs: list[list[int]], sink: Any) -> None:
         self.inputs = inputs

@@ -95,41 +95,37 @@ class Engine:
 
     # -- the asyncio side
 
-    async def generate(self, request: CompletionRequest) -> AsyncIterator[TextDelta | Finished]:
-        """Text deltas, then one `Finished`. Errors are raised from the iterator;
-        closing it early cancels the request."""
+    async def submit(self, request: CompletionRequest) -> GenerationStream:
+        """Start a completion. Bad input (a prompt too long, a template that
+        refuses the conversation) raises here, before any work is queued."""
         loop = self._bind_loop()
         if sum(len(m.content) for m in request.messages) > _INLINE_PROMPT_CHARS:
             prompt = await loop.run_in_executor(None, self.prompt_tokens, request)
         else:
             prompt = self.prompt_tokens(request)
         no_think = self.config.no_think if request.no_think is None else request.no_think
-        events: asyncio.Queue[Any] = asyncio.Queue()
+        stream = GenerationStream(self._inbox)
         seq = Sequence(
             next(self._ids),
             prompt,
             request.max_tokens,
             Sampler(request.sampling, self.model.n_vocab, prompt),
             TextPipeline(request.stop, strip_think=no_think),
-            events.put_nowait,
+            stream.events.put_nowait,
             request.cache_prompt,
         )
+        stream.sequence = seq
         self._inbox.put(("submit", seq))
-        finished = False
+        return stream
+
+    async def generate(self, request: CompletionRequest) -> AsyncIterator[TextDelta | Finished]:
+        """Text deltas, then one `Finished`; closing the iterator early cancels the request."""
+        stream = await self.submit(request)
         try:
-            while True:
-                event = await events.get()
-                if isinstance(event, BaseException):
-                    finished = True
-                    raise event
-                if isinstance(event, Finished):
-                    finished = True  # before the yield: the consumer may stop right here
-                    yield event
-                    return
+            async for event in stream:
                 yield event
         finally:
-            if not finished:
-                self._inbox.put(("cancel", seq))
+            await stream.aclose()
 
     def prompt_tokens(self, request: CompletionRequest) -> list[int]:
         """The tokenized prompt for `request`; refuses one that cannot fit."""
@@ -145,7 +141,12 @@ class Engine:
         loop = self._bind_loop()
         tokens = self.embedder.tokenize(inputs)
         done: asyncio.Future[Any] = loop.create_future()
-        job = EmbeddingJob(tokens, lambda outcome: done.done() or done.set_result(outcome))
+
+        def settle(outcome: Any) -> None:
+            if not done.done():  # a cancelled waiter leaves a cancelled future behind
+                done.set_result(outcome)
+
+        job = EmbeddingJob(tokens, settle)
         self._inbox.put(("embed", job))
         try:
             outcome = await done
@@ -315,6 +316,46 @@ class Engine:
             self._loop.call_soon_threadsafe(_deliver, batch)
         except RuntimeError:  # the event loop is closed: nobody is listening
             pass
+
+
+class GenerationStream:
+    """The events of one completion: `TextDelta`s, then one `Finished`.
+
+    An engine failure is raised from `__anext__`. `aclose()` (or dropping the
+    stream) before the end cancels the request: its slot is freed at the
+    engine's next step.
+    """
+
+    def __init__(self, inbox: queue.SimpleQueue[tuple[str, Any]]) -> None:
+        self.events: asyncio.Queue[Any] = asyncio.Queue()
+        self.sequence: Sequence | None = None
+        self._inbox = inbox
+        self._ended = False
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> TextDelta | Finished:
+        if self._ended:
+            raise StopAsyncIteration
+        event = await self.events.get()
+        if isinstance(event, BaseException):
+            self._ended = True
+            raise event
+        if isinstance(event, Finished):
+            self._ended = True
+        return event
+
+    async def aclose(self) -> None:
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if not self._ended and self.sequence is not None:
+            self._ended = True
+            self._inbox.put(("cancel", self.sequence))
+
+    def __del__(self) -> None:
+        self._cancel()
 
 
 def _deliver(batch: list[tuple[Callable[[Any], None], Any]]) -> None:

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import llama_cpp.llama_cpp as llama
 
@@ -171,14 +172,14 @@ class Model:
         self.close()
 
 
-def _progress_callback(progress: ProgressCallback | None) -> object | None:
+def _progress_callback(progress: ProgressCallback | None) -> Any:
     if progress is None:
         return None
 
     def on_progress(fraction: float, _user_data: ctypes.c_void_p) -> bool:
         try:
             progress(fraction)
-        except Exception:  # a broken progress bar must not abort the load
+        except Exception:  # noqa: BLE001, S110 - a broken progress bar must not abort the load
             pass
         return True
 

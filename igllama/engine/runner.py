@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import llama_cpp.llama_cpp as llama
 
@@ -150,6 +151,7 @@ class Runner:
 
     # -- embeddings
 
-    def sequence_embedding(self, seq_id: int) -> llama.ctypes.POINTER(llama.ctypes.c_float) | None:
+    def sequence_embedding(self, seq_id: int) -> Any:
+        """The pooled embedding of a sequence (a float pointer), or None."""
         ptr = llama.llama_get_embeddings_seq(self._ctx, seq_id)
         return ptr if ptr else None

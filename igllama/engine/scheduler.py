@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from igllama.engine.sequence import Sequence, Status
 
@@ -19,7 +19,7 @@ from igllama.engine.sequence import Sequence, Status
 class Slot:
     """One KV-cache sequence id and the tokens whose keys and values it holds."""
 
-    __slots__ = ("seq_id", "tokens", "sequence", "last_used")
+    __slots__ = ("last_used", "seq_id", "sequence", "tokens")
 
     def __init__(self, seq_id: int) -> None:
         self.seq_id = seq_id
@@ -45,11 +45,14 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return i
 
 
-class KvMemory:
-    """What the scheduler needs of llama.cpp's KV memory (see `Runner`)."""
+class KvMemory(Protocol):
+    """What the scheduler needs of llama.cpp's KV memory (`Runner` provides it)."""
 
-    remove: Callable[[int, int], bool]  # (seq_id, from position) -> False if unsupported
-    min_position: Callable[[int], int]  # lowest position still held for seq_id, -1 if none
+    def remove(self, seq_id: int, from_pos: int) -> bool:
+        """Drop cells from `from_pos` on; False where partial removal is unsupported."""
+
+    def min_position(self, seq_id: int) -> int:
+        """The lowest position still held for `seq_id`, -1 if none."""
 
 
 class Scheduler:
@@ -112,11 +115,10 @@ class Scheduler:
         n_reuse = min(common_prefix_length(slot.tokens, seq.prompt), len(seq.prompt) - 1)
         if not seq.reuse_cache:
             n_reuse = 0
-        if n_reuse > 0 and self.n_swa > 0:
-            # A sliding-window cache may already have dropped positions the
-            # continuation attends to; llama-server re-processes in that case too.
-            if self.memory.min_position(slot.seq_id) > max(0, n_reuse - self.n_swa):
-                n_reuse = 0
+        # A sliding-window cache may already have dropped positions the
+        # continuation attends to; llama-server re-processes in that case too.
+        if n_reuse > 0 and self.n_swa > 0 and self.memory.min_position(slot.seq_id) > max(0, n_reuse - self.n_swa):
+            n_reuse = 0
         if n_reuse < len(slot.tokens):
             if not self.memory.remove(slot.seq_id, n_reuse):
                 self.memory.remove(slot.seq_id, 0)

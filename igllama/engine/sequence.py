@@ -78,21 +78,21 @@ class Sequence:
 
     __slots__ = (
         "id",
-        "prompt",
         "max_tokens",
-        "sampler",
-        "text",
-        "sink",
-        "reuse_cache",
-        "status",
-        "slot",
         "n_cached",
         "n_fed",
         "n_generated",
         "next_token",
-        "t_submitted",
+        "prompt",
+        "reuse_cache",
+        "sampler",
+        "sink",
+        "slot",
+        "status",
         "t_admitted",
         "t_first_token",
+        "t_submitted",
+        "text",
     )
 
     def __init__(

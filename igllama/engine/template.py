@@ -111,7 +111,7 @@ class ChatTemplate:
             raise
         except jinja2.TemplateError as exc:
             raise TemplateError(f"chat template failed: {exc}") from None
-        except Exception as exc:  # a template can raise anything; never let it past as a 500 trace
+        except Exception as exc:  # noqa: BLE001 - a template can raise anything; never let it past as a 500 trace
             raise TemplateError(f"chat template failed: {type(exc).__name__}: {exc}") from None
 
     def _render_builtin(self, name: str, messages: Sequence[ChatMessage]) -> str:

@@ -69,7 +69,7 @@ class ThinkStripper:
 class StopMatcher:
     """Finds stop strings across token boundaries without ever emitting them."""
 
-    __slots__ = ("_stops", "_held", "stopped")
+    __slots__ = ("_held", "_stops", "stopped")
 
     def __init__(self, stops: Sequence[str]) -> None:
         self._stops = tuple(s for s in stops if s)
@@ -108,7 +108,7 @@ class StopMatcher:
 class TextPipeline:
     """The three stages in order, for one generated reply."""
 
-    __slots__ = ("_utf8", "_think", "_stop")
+    __slots__ = ("_stop", "_think", "_utf8")
 
     def __init__(self, stops: Sequence[str], strip_think: bool) -> None:
         self._utf8 = Utf8Assembler()

@@ -4,7 +4,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from igllama.engine.model import Model
 from igllama.engine import (
     ChatMessage,
     CompletionRequest,
@@ -15,6 +14,7 @@ from igllama.engine import (
     SamplingParams,
     TextDelta,
 )
+from igllama.engine.model import Model
 
 GREEDY = SamplingParams(temperature=0.0)
 

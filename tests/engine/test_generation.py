@@ -71,7 +71,7 @@ async def test_cancelling_frees_the_slot_within_a_step(model_path: str) -> None:
         await stream.aclose()
         steps_at_cancel = engine.steps
         # The only slot is free again: the next request starts and finishes at once.
-        deltas, done = await asyncio.wait_for(run(engine, ask(OTHERS[0], max_tokens=4)), timeout=30)
+        _, done = await asyncio.wait_for(run(engine, ask(OTHERS[0], max_tokens=4)), timeout=30)
         assert done.completion_tokens >= 1
         assert engine.steps - steps_at_cancel <= 1 + 4 + 1  # at most one more step for the cancelled one
         assert not engine.scheduler.running
@@ -129,7 +129,7 @@ async def test_filling_the_context_ends_with_length(model_path: str) -> None:
     engine = Engine(EngineConfig(ModelConfig(model_path), n_ctx=256, n_batch=128, n_slots=2))
     try:
         prompt = "Repeat after me: " + "la " * 150
-        deltas, done = await run(engine, ask(prompt, max_tokens=1000))
+        _, done = await run(engine, ask(prompt, max_tokens=1000))
         assert done.finish_reason == "length"
         assert done.prompt_tokens + done.completion_tokens <= engine.n_ctx + 1
         # The engine is still healthy afterwards.
