@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 from igllama import __version__
@@ -128,6 +129,8 @@ def parse_config(argv: list[str]) -> ServerConfig:
         fail(str(exc))
     if args.gpu_layers < -1:
         fail(f"--gpu-layers must be -1 (all) or more, not {args.gpu_layers}")
+    if args.chat_template:
+        _check_chat_template(args.chat_template)
     return ServerConfig(
         model=model, host=args.host, port=args.port, ctx_size=args.ctx_size, max_tokens=args.max_tokens,
         gpu_layers=args.gpu_layers, threads=args.threads, threads_batch=args.threads_batch, mlock=args.mlock,
@@ -135,6 +138,16 @@ def parse_config(argv: list[str]) -> ServerConfig:
         api_key=args.api_key, alias=args.alias, chat_template=args.chat_template, verbose=args.verbose,
         using_demo=using_demo,
     )
+
+
+def _check_chat_template(name: str) -> None:
+    """Refuse a --chat-template that is neither a built-in name nor a file, before
+    the port is bound and the model loaded (its Jinja is compiled at load)."""
+    from igllama.engine.template import builtin_template_names
+
+    builtins = builtin_template_names()
+    if name not in builtins and not Path(name).is_file():
+        fail(f"--chat-template {name!r} is neither a built-in template nor a file (built-ins: {', '.join(builtins)})")
 
 
 def demo_model_path() -> str:

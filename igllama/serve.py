@@ -49,6 +49,10 @@ async def _serve(config: ServerConfig) -> int:
     except ListenError as exc:
         print(f"igllama: error: {exc}", file=sys.stderr)
         return 1
+    stop = asyncio.ensure_future(run_until_signal(server))
+    # Let it install its SIGINT/SIGTERM handlers before the banner says we are
+    # up: a Ctrl-C in between would otherwise end in a KeyboardInterrupt trace.
+    await asyncio.sleep(0)
     _banner(config, server, model_id)
     progress = _ProgressBar()
 
@@ -59,7 +63,6 @@ async def _serve(config: ServerConfig) -> int:
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
     load = loop.run_in_executor(None, Engine, engine_config(config), on_progress)
-    stop = asyncio.ensure_future(run_until_signal(server))
     await asyncio.wait([load, stop], return_when=asyncio.FIRST_COMPLETED)
     if stop.done():  # interrupted while loading: let the load finish, then free it
         engine = await _loaded_or_none(load)

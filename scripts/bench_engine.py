@@ -20,8 +20,15 @@ import time
 
 import llama_cpp.llama_cpp as llama
 
-from igllama.engine import ChatMessage, CompletionRequest, Engine, EngineConfig, ModelConfig, SamplingParams
-from igllama.engine import default_threads
+from igllama.engine import (
+    ChatMessage,
+    CompletionRequest,
+    Engine,
+    EngineConfig,
+    ModelConfig,
+    SamplingParams,
+    default_threads,
+)
 from igllama.engine.runner import ContextConfig, Runner
 from igllama.engine.sampling import Sampler
 
