@@ -79,6 +79,9 @@ class Engine:
         except Exception:
             self.model.close()
             raise
+        # --no-think "has no effect on models that don't produce thinking
+        # blocks": only a template or vocabulary that knows <think> gets one.
+        self.thinks = self.template.mentions_thinking or self.model.has_special_token("<think>")
         self.n_threads = config.n_threads or default_threads()
         self.n_threads_batch = config.n_threads_batch or default_threads()
         self.n_ctx = self.runner.n_ctx
@@ -103,14 +106,13 @@ class Engine:
             prompt = await loop.run_in_executor(None, self.prompt_tokens, request)
         else:
             prompt = self.prompt_tokens(request)
-        no_think = self.config.no_think if request.no_think is None else request.no_think
         stream = GenerationStream(self._inbox)
         seq = Sequence(
             next(self._ids),
             prompt,
             request.max_tokens,
             Sampler(request.sampling, self.model.n_vocab, prompt),
-            TextPipeline(request.stop, strip_think=no_think),
+            TextPipeline(request.stop, strip_think=self.no_think(request)),
             stream.events.put_nowait,
             request.cache_prompt,
         )
@@ -129,12 +131,16 @@ class Engine:
 
     def prompt_tokens(self, request: CompletionRequest) -> list[int]:
         """The tokenized prompt for `request`; refuses one that cannot fit."""
-        no_think = self.config.no_think if request.no_think is None else request.no_think
-        text = self.template.render(request.messages, no_think=no_think)
+        text = self.template.render(request.messages, no_think=self.no_think(request))
         tokens = self.model.tokenize_prompt(text)
         if len(tokens) >= self.n_ctx:
             raise PromptTooLongError(len(tokens), self.n_ctx)
         return tokens
+
+    def no_think(self, request: CompletionRequest) -> bool:
+        """Whether this request's reply opens with an empty think block."""
+        wanted = self.config.no_think if request.no_think is None else request.no_think
+        return wanted and self.thinks
 
     async def embed(self, inputs: list[str | list[int]]) -> EmbeddingResult:
         """Unit-length embeddings of each input, computed between chat steps."""

@@ -145,6 +145,10 @@ class Model:
         starts_with_bos = bool(self.bos_text) and text.startswith(self.bos_text)
         return self.tokenize(text, add_special=self.add_bos and not starts_with_bos)
 
+    def has_special_token(self, text: str) -> bool:
+        """Whether `text` is one special token of the vocabulary (like Qwen3's `<think>`)."""
+        return len(self.tokenize(text, add_special=False, parse_special=True)) == 1
+
     def piece(self, token: int) -> bytes:
         """The bytes a generated token stands for (special tokens render as nothing)."""
         cached = self._pieces.get(token)

@@ -73,6 +73,10 @@ class ChatTemplate:
         self.bos_token = bos_token
         self.eos_token = eos_token
         self._jinja: jinja2.Template | None = None
+        # Whether the template itself speaks of reasoning blocks.
+        self.mentions_thinking = jinja_source is not None and (
+            "<think>" in jinja_source or "enable_thinking" in jinja_source
+        )
         if jinja_source is not None:
             self._jinja = _compile(jinja_source)
 

@@ -159,8 +159,6 @@ def test_enable_thinking_false_is_accepted(server: ServerProcess) -> None:
     assert response.json()["choices"][0]["message"]["role"] == "assistant"
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: the empty think block is added to templates that know "
-                   "nothing of thinking, and Gemma echoes it into its reply")
 def test_no_think_adds_no_think_tags_to_a_model_that_does_not_think(server: ServerProcess) -> None:
     # The specification: --no-think "has no effect on models that don't produce thinking blocks".
     body = user("Hello", 8, temperature=0, chat_template_kwargs={"enable_thinking": False})

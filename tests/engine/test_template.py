@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from igllama.engine import ChatMessage, Engine, TemplateError
+from pathlib import Path
+
+from igllama.engine import ChatMessage, CompletionRequest, Engine, EngineConfig, ModelConfig, TemplateError
 from igllama.engine.model import Model
 from igllama.engine.template import EMPTY_THINK_BLOCK, ChatTemplate, load_template
 from tests.engine.conftest import ask
@@ -51,12 +53,30 @@ def test_no_think_respects_a_template_that_closes_the_block_itself() -> None:
     assert "<think>" not in template.render(CHAT)
 
 
-def test_no_think_reaches_the_engine_prompt(engine: Engine) -> None:
-    tokens = engine.prompt_tokens(ask("Hi", no_think=True))
-    text = b"".join(engine.model.piece(t) for t in tokens).decode()
-    assert text.endswith("<think>\n\n</think>\n\n")
-    plain = b"".join(engine.model.piece(t) for t in engine.prompt_tokens(ask("Hi"))).decode()
-    assert "think>" not in plain
+def prompt_text(engine: Engine, request: CompletionRequest) -> str:
+    return b"".join(engine.model.piece(t) for t in engine.prompt_tokens(request)).decode()
+
+
+def test_no_think_leaves_a_model_that_does_not_think_alone(engine: Engine) -> None:
+    # The demo model knows nothing of <think>: the flag must not teach it the tags.
+    assert not engine.thinks
+    assert prompt_text(engine, ask("Hi", no_think=True)) == prompt_text(engine, ask("Hi"))
+
+
+def test_no_think_reaches_the_prompt_of_a_thinking_template(model_path: str, tmp_path: Path) -> None:
+    template = tmp_path / "thinking.jinja"
+    template.write_text(
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}<|assistant|>"
+        "{% if false %}<think>{% endif %}"
+    )
+    engine = Engine(EngineConfig(ModelConfig(model_path), n_ctx=256, n_slots=1, chat_template=str(template),
+                                 no_think=True))
+    try:
+        assert engine.thinks
+        assert prompt_text(engine, ask("Hi")).endswith("<|assistant|><think>\n\n</think>\n\n")
+        assert prompt_text(engine, ask("Hi", no_think=False)).endswith("<|assistant|>")
+    finally:
+        engine.close()
 
 
 @pytest.mark.parametrize(
