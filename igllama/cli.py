@@ -33,6 +33,7 @@ class ServerConfig:
     temp: float = 0.7
     parallel: int = 4
     batch_size: int = 512
+    cache_ram: int = 512
     api_key: str | None = None
     alias: str | None = None
     chat_template: str | None = None
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--temp", type=_temperature, default=0.7, help="default sampling temperature (default 0.7)")
     api.add_argument("-np", "--parallel", type=_positive, default=4, help="requests generated at once, each in its slot (default 4)")
     api.add_argument("-b", "--batch-size", type=_positive, default=512, help="most tokens per decode (default 512)")
+    api.add_argument("--cache-ram", type=_int, default=512, metavar="MIB",
+                     help="host RAM for idle conversations' KV state, in MiB; 0 drops it (default 512)")
     api.add_argument("--api-key", help="require Authorization: Bearer KEY on every endpoint but /health")
     api.add_argument("-a", "--alias", help="model id to report (default: the file's name)")
     api.add_argument("--chat-template", help="a llama.cpp built-in template name or a Jinja file")
@@ -129,12 +132,15 @@ def parse_config(argv: list[str]) -> ServerConfig:
         fail(str(exc))
     if args.gpu_layers < -1:
         fail(f"--gpu-layers must be -1 (all) or more, not {args.gpu_layers}")
+    if args.cache_ram < 0:
+        fail(f"--cache-ram must be 0 or more, not {args.cache_ram}")
     if args.chat_template:
         _check_chat_template(args.chat_template)
     return ServerConfig(
         model=model, host=args.host, port=args.port, ctx_size=args.ctx_size, max_tokens=args.max_tokens,
         gpu_layers=args.gpu_layers, threads=args.threads, threads_batch=args.threads_batch, mlock=args.mlock,
         no_think=args.no_think, temp=args.temp, parallel=args.parallel, batch_size=args.batch_size,
+        cache_ram=args.cache_ram,
         api_key=args.api_key, alias=args.alias, chat_template=args.chat_template, verbose=args.verbose,
         using_demo=using_demo,
     )

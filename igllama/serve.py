@@ -33,6 +33,7 @@ def engine_config(config: ServerConfig) -> EngineConfig:
         n_threads_batch=config.threads_batch or default_threads(),
         chat_template=config.chat_template,
         no_think=config.no_think,
+        cache_ram_mib=config.cache_ram,
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from igllama.engine.embeddings import Embedder, EmbeddingJob, EmbeddingResult
 from igllama.engine.model import Model, ModelConfig
+from igllama.engine.prompt_cache import PromptCache
 from igllama.engine.runner import ContextConfig, DecodeError, Runner, default_threads
 from igllama.engine.sampling import Sampler
 from igllama.engine.scheduler import Scheduler
@@ -56,6 +57,7 @@ class EngineConfig:
     n_threads_batch: int = 0  # 0: all cores (prefill, compute bound)
     chat_template: str | None = None  # a built-in name or a Jinja file
     no_think: bool = False
+    cache_ram_mib: int = 512  # host RAM for idle slots' KV states; 0 drops them instead
 
 
 class Engine:
@@ -85,7 +87,10 @@ class Engine:
         self.n_threads = config.n_threads or default_threads()
         self.n_threads_batch = config.n_threads_batch or default_threads()
         self.n_ctx = self.runner.n_ctx
-        self.scheduler = Scheduler(config.n_slots, self.n_ctx, self.runner.n_batch, self.model.n_swa, self.runner)
+        self.scheduler = Scheduler(
+            config.n_slots, self.n_ctx, self.runner.n_batch, self.model.n_swa, self.runner,
+            PromptCache(config.cache_ram_mib * 1024 * 1024),
+        )
         self.embedder = Embedder(self.model, max(self.runner.n_batch, 512), self.n_threads, self.n_threads_batch)
         self.steps = 0  # decodes run so far; read by tests and stats
         self._ids = itertools.count()

@@ -7,6 +7,7 @@ contexts are not thread-safe, and ctypes releases the GIL during
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -145,6 +146,17 @@ class Runner:
 
     def min_position(self, seq_id: int) -> int:
         return int(llama.llama_memory_seq_pos_min(self._memory, seq_id))
+
+    def save(self, seq_id: int) -> Any:
+        """A copy of a sequence's KV state (a ctypes byte array), or None."""
+        size = llama.llama_state_seq_get_size(self._ctx, seq_id)
+        state = (ctypes.c_uint8 * size)()
+        written = llama.llama_state_seq_get_data(self._ctx, state, size, seq_id)
+        return state if written == size else None
+
+    def restore(self, seq_id: int, state: Any) -> bool:
+        """Load a state from `save` into `seq_id` (which must be empty)."""
+        return bool(llama.llama_state_seq_set_data(self._ctx, state, len(state), seq_id))
 
     def clear_memory(self) -> None:
         llama.llama_memory_clear(self._memory, True)

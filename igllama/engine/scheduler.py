@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from igllama.engine.prompt_cache import PromptCache, common_prefix_length
 from igllama.engine.sequence import Sequence, Status
 
 
@@ -37,14 +38,6 @@ class BatchItem:
     wants_logits: bool
 
 
-def common_prefix_length(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 class KvMemory(Protocol):
     """What the scheduler needs of llama.cpp's KV memory (`Runner` provides it)."""
 
@@ -54,9 +47,17 @@ class KvMemory(Protocol):
     def min_position(self, seq_id: int) -> int:
         """The lowest position still held for `seq_id`, -1 if none."""
 
+    def save(self, seq_id: int) -> Any:
+        """A copy of the sequence's state, or None."""
+
+    def restore(self, seq_id: int, state: Any) -> bool:
+        """Load a saved state into an empty sequence."""
+
 
 class Scheduler:
-    def __init__(self, n_slots: int, n_ctx: int, n_batch: int, n_swa: int, memory: KvMemory) -> None:
+    def __init__(
+        self, n_slots: int, n_ctx: int, n_batch: int, n_swa: int, memory: KvMemory, cache: PromptCache
+    ) -> None:
         self.slots = [Slot(i) for i in range(n_slots)]
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
@@ -64,6 +65,7 @@ class Scheduler:
         self.n_batch = n_batch
         self.n_swa = n_swa
         self.memory = memory
+        self.cache = cache
         self._clock = 0
 
     @property
@@ -96,19 +98,47 @@ class Scheduler:
                 return
             seq = self.waiting[0]
             slot = max(free, key=lambda s: (common_prefix_length(s.tokens, seq.prompt), -s.last_used))
-            if not self._has_room_for(seq, slot):
+            n_slot = common_prefix_length(slot.tokens, seq.prompt) if seq.reuse_cache else 0
+            entry, n_entry = self.cache.best_match(seq.prompt) if seq.reuse_cache else (None, 0)
+            if not self._has_room_for(seq, max(n_slot, n_entry)):
                 return  # wait for running sequences to finish; FIFO order is kept
             self.waiting.popleft()
+            for other in free:
+                if other is not slot:
+                    self._park(other)
+            if entry is not None and n_entry > n_slot:
+                self._park(slot)
+                if self.memory.restore(slot.seq_id, entry.state):
+                    slot.tokens = entry.tokens
+                    self.cache.take(entry)
+                else:
+                    self.memory.remove(slot.seq_id, 0)
+            elif n_slot < len(slot.tokens) // 2:
+                self._save(slot)  # the new prompt keeps less than half of it: keep a copy in RAM
             self._attach(seq, slot)
 
-    def _has_room_for(self, seq: Sequence, slot: Slot) -> bool:
-        """Whether the KV pool can take this prompt beside what running prompts still need."""
-        reusable = common_prefix_length(slot.tokens, seq.prompt)
-        evictable = sum(len(s.tokens) for s in self.slots if s.sequence is None and s is not slot)
-        evictable += len(slot.tokens) - reusable
+    def _has_room_for(self, seq: Sequence, n_reusable: int) -> bool:
+        """Whether the KV pool can take this prompt beside what running sequences hold and still need."""
+        held = sum(len(s.tokens) for s in self.slots if s.sequence is not None)
         reserved = sum(s.prompt_remaining + 1 for s in self.running if s.status is Status.PREFILLING)
-        needed = len(seq.prompt) - reusable + 1
-        return self.n_ctx - self.cells_used + evictable - reserved >= needed
+        needed = len(seq.prompt) - n_reusable + 1
+        return self.n_ctx - held - reserved >= needed
+
+    def _save(self, slot: Slot) -> None:
+        """Copy a slot's KV state to the host prompt cache."""
+        if slot.tokens and self.cache.budget_bytes > 0:
+            state = self.memory.save(slot.seq_id)
+            if state is not None:
+                self.cache.put(list(slot.tokens), state)
+
+    def _park(self, slot: Slot) -> int:
+        """Move an idle slot's KV state to the host prompt cache; returns the cells freed."""
+        n = len(slot.tokens)
+        if n:
+            self._save(slot)
+            self.memory.remove(slot.seq_id, 0)
+            slot.tokens = []
+        return n
 
     def _attach(self, seq: Sequence, slot: Slot) -> None:
         # At least the last prompt token is decoded again: its logits give the first token.
@@ -178,12 +208,12 @@ class Scheduler:
         for slot in idle:
             if freed >= cells_needed:
                 break
-            self.memory.remove(slot.seq_id, 0)
-            freed += len(slot.tokens)
-            slot.tokens.clear()
+            freed += self._park(slot)
         return freed
 
     def forget_all(self) -> None:
         """After a failed decode the KV state is unknown: no slot may trust its tokens."""
         for slot in self.slots:
-            slot.tokens.clear()
+            slot.tokens = []
+        self.cache.entries.clear()
+        self.cache.size = 0

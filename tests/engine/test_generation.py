@@ -146,3 +146,27 @@ async def test_timings_are_reported(engine: Engine) -> None:
     assert 0 < done.prefill_ms < wall_ms
     assert 0 < done.generation_ms < wall_ms
     assert done.generation_tokens_per_s > 0 and done.prefill_tokens_per_s > 0
+
+
+@pytest.mark.parametrize("cache_ram_mib", [64, 0])
+async def test_a_conversation_keeps_its_cache_while_another_uses_the_slot(model_path: str, cache_ram_mib: int) -> None:
+    from igllama.engine import ChatMessage, CompletionRequest, EngineConfig, ModelConfig
+
+    engine = Engine(EngineConfig(ModelConfig(model_path), n_ctx=1024, n_slots=1, cache_ram_mib=cache_ram_mib))
+    try:
+        greedy = SamplingParams(temperature=0)
+        story = " ".join(f"Sentence {i} about a lighthouse keeper." for i in range(15))
+        turn1 = (ChatMessage("user", story),)
+        deltas, first = await run(engine, CompletionRequest(turn1, max_tokens=8, sampling=greedy))
+        await run(engine, ask("An unrelated question about the weather in Paris?", max_tokens=8))
+        # Only one slot: the other conversation took it. The first one's state comes back from RAM.
+        turn2 = turn1 + (ChatMessage("assistant", "".join(deltas)), ChatMessage("user", "And then?"))
+        _, second = await run(engine, CompletionRequest(turn2, max_tokens=4, sampling=greedy))
+        if cache_ram_mib:
+            assert second.cached_tokens >= first.prompt_tokens
+        else:
+            assert second.cached_tokens < 10  # just the chat header, shared by every prompt
+        # Either way only the slot in use holds KV cells.
+        assert engine.scheduler.cells_used <= second.prompt_tokens + second.completion_tokens
+    finally:
+        engine.close()

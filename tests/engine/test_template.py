@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
-
 from pathlib import Path
 
-from igllama.engine import ChatMessage, CompletionRequest, Engine, EngineConfig, ModelConfig, TemplateError
+import pytest
+
+from igllama.engine import (
+    ChatMessage,
+    CompletionRequest,
+    Engine,
+    EngineConfig,
+    ModelConfig,
+    TemplateError,
+)
 from igllama.engine.model import Model
 from igllama.engine.template import EMPTY_THINK_BLOCK, ChatTemplate, load_template
 from tests.engine.conftest import ask
