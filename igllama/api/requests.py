@@ -17,6 +17,7 @@ from igllama.engine import ChatMessage, CompletionRequest, SamplingParams
 
 ROLES = ("system", "user", "assistant", "developer")
 MAX_STOP_STRINGS = 16
+INT32_MAX = 2**31 - 1  # llama.cpp takes top_k as int32_t: a larger value would wrap
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,7 @@ def parse_chat(data: dict[str, Any], defaults: Defaults) -> ChatCall:
     max_tokens = defaults.max_tokens if max_tokens is None else min(max_tokens, defaults.max_tokens)
     sampling = SamplingParams(
         temperature=_number(data, "temperature", defaults.temperature, 0.0, 2.0),
-        top_k=_integer(data, "top_k", 40, 0),
+        top_k=_integer(data, "top_k", 40, 0, INT32_MAX),
         top_p=_number(data, "top_p", 0.95, 0.0, 1.0),
         min_p=_number(data, "min_p", 0.05, 0.0, 1.0),
         seed=_integer(data, "seed", None, None),
@@ -157,7 +158,9 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _integer(data: dict[str, Any], name: str, default: int | None, minimum: int | None) -> Any:
+def _integer(
+    data: dict[str, Any], name: str, default: int | None, minimum: int | None, maximum: int | None = None
+) -> Any:
     value = data.get(name)
     if value is None:
         return default
@@ -165,6 +168,8 @@ def _integer(data: dict[str, Any], name: str, default: int | None, minimum: int 
         raise APIError(400, f"{name} must be an integer, not {value!r}", param=name)
     if minimum is not None and value < minimum:
         raise APIError(400, f"{name} must be at least {minimum}, not {value}", param=name)
+    if maximum is not None and value > maximum:
+        raise APIError(400, f"{name} must be at most {maximum}, not {value}", param=name)
     return value
 
 

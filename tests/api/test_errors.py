@@ -59,6 +59,7 @@ CHAT_REFUSALS: list[tuple[dict[str, Any], str, str]] = [
     ({"messages": HI, "temperature": "hot"}, "temperature", "temperature must be a number"),
     ({"messages": HI, "top_p": 1.5}, "top_p", "top_p must be"),
     ({"messages": HI, "top_k": -1}, "top_k", "top_k must be at least 0"),
+    ({"messages": HI, "top_k": 2**40}, "top_k", "top_k must be at most 2147483647"),
     ({"messages": HI, "presence_penalty": -3}, "presence_penalty", "presence_penalty must be"),
     ({"messages": HI, "frequency_penalty": 2.5}, "frequency_penalty", "frequency_penalty must be"),
     ({"messages": HI, "seed": "x"}, "seed", "seed must be an integer"),
