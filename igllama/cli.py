@@ -132,6 +132,8 @@ def parse_config(argv: list[str]) -> ServerConfig:
         fail(str(exc))
     if args.gpu_layers < -1:
         fail(f"--gpu-layers must be -1 (all) or more, not {args.gpu_layers}")
+    if args.parallel > args.batch_size:
+        fail(f"--parallel ({args.parallel}) cannot exceed --batch-size ({args.batch_size}): each step decodes one token per slot")
     if args.cache_ram < 0:
         fail(f"--cache-ram must be 0 or more, not {args.cache_ram}")
     if args.chat_template:

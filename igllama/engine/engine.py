@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from igllama.engine.embeddings import Embedder, EmbeddingJob, EmbeddingResult
-from igllama.engine.model import Model, ModelConfig
+from igllama.engine.model import Model, ModelConfig, ModelLoadError
 from igllama.engine.prompt_cache import PromptCache
 from igllama.engine.runner import ContextConfig, DecodeError, Runner, default_threads
 from igllama.engine.sampling import Sampler
 from igllama.engine.scheduler import Scheduler
 from igllama.engine.sequence import CompletionRequest, Finished, Sequence, Status, TextDelta
-from igllama.engine.template import load_template
+from igllama.engine.template import TemplateError, load_template
 from igllama.engine.text import TextPipeline
 
 log = logging.getLogger("igllama.engine")
@@ -65,6 +65,10 @@ class Engine:
 
     def __init__(self, config: EngineConfig, progress: Callable[[float], None] | None = None) -> None:
         self.config = config
+        n_batch = min(config.n_batch, config.n_ctx)
+        if config.n_slots > n_batch:
+            # Each step decodes one token of every slot in one batch (and llama.cpp aborts on such a context).
+            raise ModelLoadError(f"{config.n_slots} slots cannot exceed the batch size ({n_batch})")
         self.model = Model(config.model, progress)
         try:
             self.template = load_template(self.model, config.chat_template)
@@ -138,6 +142,8 @@ class Engine:
         """The tokenized prompt for `request`; refuses one that cannot fit."""
         text = self.template.render(request.messages, no_think=self.no_think(request))
         tokens = self.model.tokenize_prompt(text)
+        if not tokens:
+            raise TemplateError("the chat template rendered an empty prompt")
         if len(tokens) >= self.n_ctx:
             raise PromptTooLongError(len(tokens), self.n_ctx)
         return tokens
@@ -232,6 +238,12 @@ class Engine:
         for seq in out_of_room:
             self._finish(seq, "length")
         if not items:
+            if scheduler.running and not out_of_room:
+                # Nothing can move (admission should prevent it): fail the newest
+                # request rather than spin with every client waiting behind it.
+                seq = scheduler.running[-1]
+                self._outbox.append((seq.sink, RuntimeError("no room left in the KV cache for this request")))
+                self._end(seq)
             return
         runner.clear_batch()
         outputs: list[tuple[Sequence, int]] = []
@@ -288,12 +300,15 @@ class Engine:
     def _recover(self, items: list[Any], exc: DecodeError) -> None:
         """A failed decode left the KV cache as before (code 1) or unknown (others)."""
         log.warning("%s with %d sequences in the batch", exc, len(items))
+        failed = [item.sequence for item in items]
         if exc.code != 1:
+            # Every sequence's cells may be gone, not just those of this batch.
+            failed = list(self.scheduler.running)
             self.runner.clear_memory()
             self.scheduler.forget_all()
-        for item in items:
-            self._outbox.append((item.sequence.sink, RuntimeError(f"generation failed: {exc}")))
-            self._end(item.sequence)
+        for seq in failed:
+            self._outbox.append((seq.sink, RuntimeError(f"generation failed: {exc}")))
+            self._end(seq)
 
     def _embed_step(self) -> None:
         job = self._embed_jobs[0]

@@ -62,7 +62,9 @@ class Sampler:
                     params.presence_penalty,
                 ),
             )
-        if params.temperature <= 0.0:
+        # Below ~1e-3, logits / temperature overflow to inf and the draw turns
+        # to noise; such a temperature means greedy anyway.
+        if params.temperature < 1e-3:
             add(chain, llama.llama_sampler_init_greedy())
         else:
             if params.top_k > 0:

@@ -100,7 +100,7 @@ class Scheduler:
             slot = max(free, key=lambda s: (common_prefix_length(s.tokens, seq.prompt), -s.last_used))
             n_slot = common_prefix_length(slot.tokens, seq.prompt) if seq.reuse_cache else 0
             entry, n_entry = self.cache.best_match(seq.prompt) if seq.reuse_cache else (None, 0)
-            if not self._has_room_for(seq, max(n_slot, n_entry)):
+            if not self._has_room_for(seq):
                 return  # wait for running sequences to finish; FIFO order is kept
             self.waiting.popleft()
             for other in free:
@@ -117,11 +117,12 @@ class Scheduler:
                 self._save(slot)  # the new prompt keeps less than half of it: keep a copy in RAM
             self._attach(seq, slot)
 
-    def _has_room_for(self, seq: Sequence, n_reusable: int) -> bool:
-        """Whether the KV pool can take this prompt beside what running sequences hold and still need."""
+    def _has_room_for(self, seq: Sequence) -> bool:
+        """Whether the KV pool can take this prompt beside what running sequences hold and still need.
+        A reused prefix saves compute, not cells: the whole prompt and one more token must fit."""
         held = sum(len(s.tokens) for s in self.slots if s.sequence is not None)
         reserved = sum(s.prompt_remaining + 1 for s in self.running if s.status is Status.PREFILLING)
-        needed = len(seq.prompt) - n_reusable + 1
+        needed = len(seq.prompt) + 1
         return self.n_ctx - held - reserved >= needed
 
     def _save(self, slot: Slot) -> None:

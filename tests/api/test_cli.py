@@ -60,6 +60,7 @@ def test_top_level_help_and_version() -> None:
 
 BAD_FLAGS: list[tuple[list[str], list[str]]] = [
     (["--bogus"], ["unrecognized arguments: --bogus"]),
+    (["-np", "8", "-b", "4"], ["--parallel (8) cannot exceed --batch-size (4)"]),
     (["-p", "70000"], ["--port", "between 0 and 65535"]),
     (["-p", "http"], ["--port", "not a whole number: 'http'"]),
     (["-c", "0"], ["--ctx-size", "at least 1"]),

@@ -170,3 +170,37 @@ async def test_a_conversation_keeps_its_cache_while_another_uses_the_slot(model_
         assert engine.scheduler.cells_used <= second.prompt_tokens + second.completion_tokens
     finally:
         engine.close()
+
+
+async def test_requests_sharing_a_full_pool_all_finish(model_path: str) -> None:
+    """Two conversations return at once, one from a slot and one from the RAM
+    cache, and together need the whole pool: both must finish, not stall."""
+    from igllama.engine import ChatMessage, CompletionRequest, EngineConfig, ModelConfig
+
+    engine = Engine(EngineConfig(ModelConfig(model_path), n_ctx=1024, n_batch=512, n_slots=2))
+    try:
+        greedy = SamplingParams(temperature=0)
+
+        def request(turns: list[tuple[str, str]], max_tokens: int) -> CompletionRequest:
+            return CompletionRequest(tuple(ChatMessage(r, c) for r, c in turns), max_tokens=max_tokens, sampling=greedy)
+
+        x = [("user", "List these words: " + " ".join(f"x{i}" for i in range(100)))]
+        y = [("user", "Count these: " + " ".join(f"y{i}" for i in range(65)))]
+        for turns in (x, y):
+            await run(engine, request(turns, 1))
+        x2 = [*x, ("assistant", "ok"), ("user", "hi")]
+        y2 = [*y, ("assistant", "ok"), ("user", " ".join(f"w{i}" for i in range(165)))]
+        results = await asyncio.wait_for(
+            asyncio.gather(run(engine, request(y2, 5)), run(engine, request(x2, 5))), timeout=60
+        )
+        for _, done in results:
+            assert (done.finish_reason, done.completion_tokens) in {("length", 5)} or done.finish_reason == "stop"
+    finally:
+        engine.close()
+
+
+def test_more_slots_than_the_batch_holds_is_refused(model_path: str) -> None:
+    from igllama.engine import EngineConfig, ModelConfig, ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="8 slots cannot exceed the batch size"):
+        Engine(EngineConfig(ModelConfig(model_path), n_ctx=256, n_batch=4, n_slots=8))
