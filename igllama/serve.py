@@ -11,13 +11,21 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
 from igllama import __version__
 from igllama.api import App, AppSettings, error_body
 from igllama.cli import ServerConfig
-from igllama.engine import Engine, EngineConfig, ModelConfig, ModelLoadError, TemplateError, default_threads
+from igllama.engine import (
+    Engine,
+    EngineConfig,
+    ModelConfig,
+    ModelLoadError,
+    TemplateError,
+    default_threads,
+)
 from igllama.http import Limits, ListenError, Server, run_until_signal
 
 log = logging.getLogger("igllama")
@@ -64,7 +72,8 @@ async def _serve(config: ServerConfig) -> int:
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
     load = loop.run_in_executor(None, Engine, engine_config(config), on_progress)
-    await asyncio.wait([load, stop], return_when=asyncio.FIRST_COMPLETED)
+    pending: list[asyncio.Future[Any]] = [load, stop]
+    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
     if stop.done():  # interrupted while loading: let the load finish, then free it
         engine = await _loaded_or_none(load)
         if engine is not None:
@@ -89,7 +98,7 @@ async def _serve(config: ServerConfig) -> int:
 async def _loaded_or_none(load: asyncio.Future[Engine]) -> Engine | None:
     try:
         return await load
-    except Exception:
+    except Exception:  # noqa: BLE001 - we are shutting down anyway: a failed load has nothing to free
         return None
 
 
@@ -101,8 +110,10 @@ def _banner(config: ServerConfig, server: Server, model_id: str) -> None:
         f"  model    {config.model}" + (" (the bundled demo model)" if config.using_demo else ""),
         f"  id       {model_id}",
         f"  context  {config.ctx_size} tokens shared by {config.parallel} slots, batch {config.batch_size}",
-        f"  threads  {threads} generation, {threads_batch} prefill; gpu layers {config.gpu_layers}"
-        f"{'; mlock' if config.mlock else ''}{'; no-think' if config.no_think else ''}",
+        (
+            f"  threads  {threads} generation, {threads_batch} prefill; gpu layers {config.gpu_layers}"
+            f"{'; mlock' if config.mlock else ''}{'; no-think' if config.no_think else ''}"
+        ),
     ]
     if config.api_key:
         lines.append("  api key  required (Authorization: Bearer ...)")

@@ -29,10 +29,7 @@ def error_body(status: int, message: str) -> bytes:
 
 
 def _body(status: int, message: str, param: str | None, code: str | int | None) -> bytes:
-    if status in _TYPES:
-        error_type = _TYPES[status]
-    else:
-        error_type = "invalid_request_error" if status < 500 else "server_error"
+    error_type = _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
     return orjson.dumps(
         {"error": {"message": message, "type": error_type, "param": param, "code": code if code is not None else status}}
     )

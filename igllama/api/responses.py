@@ -64,7 +64,7 @@ def chat_completion(cid: str, created: int, model: str, text: str, done: Finishe
 class ChunkWriter:
     """The `chat.completion.chunk` payloads of one streamed completion."""
 
-    __slots__ = ("_head", "_id", "_created", "_model")
+    __slots__ = ("_created", "_head", "_id", "_model")
 
     def __init__(self, cid: str, created: int, model: str) -> None:
         self._id, self._created, self._model = cid, created, model
