@@ -202,11 +202,13 @@ class Engine:
                 if self.scheduler.has_work:
                     self._step()
                 if self._embed_jobs:
+                    self._flush()
                     self._embed_step()
             except Exception as exc:  # never let the engine thread die: fail the work instead
                 log.exception("engine step failed")
                 self._fail_everything(exc)
-            self._flush()
+            if not self.scheduler.running:
+                self._flush()  # otherwise the next step flushes just before its decode
 
     def _take_commands(self, block: bool) -> bool:
         """Apply queued commands; returns False when asked to stop."""
@@ -244,6 +246,7 @@ class Engine:
                 seq = scheduler.running[-1]
                 self._outbox.append((seq.sink, RuntimeError("no room left in the KV cache for this request")))
                 self._end(seq)
+            self._flush()
             return
         runner.clear_batch()
         outputs: list[tuple[Sequence, int]] = []
@@ -252,6 +255,10 @@ class Engine:
             index = runner.add_tokens(slot.seq_id, len(slot.tokens), item.tokens, item.wants_logits)
             if item.wants_logits:
                 outputs.append((seq, index))
+        # Hand the last step's events to the event loop now, not before this
+        # step's Python work: the loop thread then does its share while the
+        # decode runs without the GIL, instead of contending for it here.
+        self._flush()
         try:
             runner.decode()
         except DecodeError as exc:
