@@ -103,6 +103,17 @@ async def test_max_tokens_gives_length_and_eog_gives_stop(engine: Engine) -> Non
     assert (done.finish_reason, done.completion_tokens, deltas) == ("stop", 0, [])
 
 
+async def test_plain_greedy_picks_what_llama_cpps_greedy_sampler_picks(engine: Engine) -> None:
+    # Plain greedy takes an argmax in numpy; a neutral bias sends the same
+    # request through llama.cpp's sampler chain instead. The replies must agree.
+    argmax, _ = await run(engine, ask(PROMPT, max_tokens=48, cache_prompt=False))
+    unused = engine.model.tokenize("lighthouse", add_special=False)[0]
+    chain = SamplingParams(temperature=0.0, logit_bias=((unused, 0.0),))
+    sampled, _ = await run(engine, ask(PROMPT, max_tokens=48, cache_prompt=False, sampling=chain))
+    assert len(argmax) > 20
+    assert "".join(argmax) == "".join(sampled)
+
+
 async def test_logit_bias_and_seeded_sampling(engine: Engine) -> None:
     greedy, _ = await run(engine, ask(PROMPT, max_tokens=8))
     first_token = engine.model.tokenize(greedy[0], add_special=False)[0]
