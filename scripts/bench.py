@@ -13,7 +13,9 @@ every measurement on one and then the other, swapping the order at each step
 Measured, with the same stdlib asyncio client for both sides:
 
 * generation tok/s, one stream: (completion tokens - 1) / (last content
-  frame - first content frame) of a 128-token, temperature-0 answer;
+  frame - first content frame) of a 128-token, temperature-0 answer; and
+  the same at temperature 0.8 with llama-server's default sampler chain
+  (informative: greedy needs only an argmax, sampling the whole chain);
 * prefill tok/s and time to first token (TTFT) for a ~800-token prompt whose
   start differs on every step (no prefix cache can help);
   prefill tok/s = prompt tokens (from the server's ``usage``) / TTFT;
@@ -588,10 +590,10 @@ class Workload:
         self.counter += 1
         return self.nonce * 1000 + self.counter
 
-    def chat(self, content: str | list[dict], max_tokens: int) -> dict:
+    def chat(self, content: str | list[dict], max_tokens: int, **sampling: float) -> dict:
         messages = content if isinstance(content, list) else [{"role": "user", "content": content}]
         return {"model": "bench", "messages": messages, "max_tokens": max_tokens,
-                "temperature": 0.0}
+                "temperature": 0.0, **sampling}
 
     def doc_prompt(self) -> str:
         seed = self.fresh_seed()
@@ -615,12 +617,19 @@ def _one(srv: Server, wl: Workload, payload: dict) -> StreamResult:
     return run_async(lambda: stream_chat(wl.host, srv.port, payload, wl.timeout))
 
 
+# Sampled generation: llama-server's default chain (top-k 40, top-p 0.95,
+# min-p 0.05) at temperature 0.8, with a fixed seed. Not a target of its own:
+# it shows the cost of sampling where greedy decoding needs only an argmax.
+SAMPLED = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "seed": 1234}
+
+
 def step_generation(srv: Server, wl: Workload, shared: dict) -> StepResult:
-    r = _one(srv, wl, wl.chat(counting_prompt(1), wl.gen_tokens))
+    sampling = shared.get("sampling", {})
+    r = _one(srv, wl, wl.chat(counting_prompt(1), wl.gen_tokens, **sampling))
     tps = r.gen_tps
     vals = {"gen_tokens": float(r.completion_tokens)}
     if tps is not None:
-        vals["gen_tps"] = tps
+        vals["gen_sampled_tps" if sampling else "gen_tps"] = tps
     warn = "" if r.completion_tokens >= wl.gen_tokens else (
         f"  WARNING: {r.completion_tokens}/{wl.gen_tokens} tokens")
     return vals, {
@@ -711,6 +720,8 @@ def round_steps(wl: Workload) -> list[Step]:
 
     steps: list[Step] = []
     steps += [("generation", step_generation, dict) for _ in range(wl.samples)]
+    steps += [("generation-sampled", step_generation, lambda: {"sampling": SAMPLED})
+              for _ in range(wl.samples)]
     steps += [("prefill", step_prefill, doc) for _ in range(wl.samples)]
     steps += [(f"aggregate-{n}", step_aggregate, starts(n)) for n in wl.concurrency]
     steps += [("turns", step_turns, doc) for _ in range(wl.samples)]
@@ -729,6 +740,7 @@ def _f(v: float | None, nd: int = 1) -> str:
 def metric_table(concurrency: list[int]) -> list[tuple[str, str, str, bool, int]]:
     return [
         ("gen_tps", "Generation, 1 stream", "tok/s", True, 1),
+        ("gen_sampled_tps", "Generation, 1 stream, temperature 0.8", "tok/s", True, 1),
         ("prefill_tps", "Prefill (~800-token prompt)", "tok/s", True, 0),
         ("prefill_ttft_ms", "TTFT, ~800-token prompt", "ms", False, 0),
         *[(f"agg_tps_{n}", f"Aggregate, {n} client{'s' if n > 1 else ''}", "tok/s", True, 1)
