@@ -881,7 +881,7 @@ def machine_info() -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version(), "loadavg_start": os.getloadavg()}
+            "python": platform.python_version()}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1018,6 +1018,7 @@ def main(argv: list[str] | None = None) -> int:
     limit = args.max_interference
     noisy: list[dict] = []
     started = time.time()
+    loadavg_start = os.getloadavg()
     failed = False
 
     def argv_for(side: str, port: int) -> list[str]:
@@ -1118,7 +1119,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),
         "complete": not failed,
-        "machine": dict(machine_info(), loadavg_end=os.getloadavg()),
+        "machine": dict(machine_info(), loadavg_start=loadavg_start, loadavg_end=os.getloadavg()),
         "model": model,
         "settings": {"threads": args.threads, "threads_batch": args.threads_batch,
                      "ctx_size": args.ctx_size, "parallel": args.parallel,

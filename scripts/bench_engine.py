@@ -127,7 +127,7 @@ def main() -> None:
     for run in range(args.runs):  # alternate, so machine drift hits all four alike
         for sample in (False, True):
             name = "llama.cpp decode + sample" if sample else "llama.cpp decode only"
-            figures[name].append(on_own_thread(lambda: bare_loop(model, args.threads, args.tokens, sample)))
+            figures[name].append(on_own_thread(lambda s=sample: bare_loop(model, args.threads, args.tokens, s)))
         asyncio.run(engine_runs(run))
     model.close()
     medians = {name: statistics.median(values) for name, values in figures.items()}

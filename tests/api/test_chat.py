@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import orjson
-import pytest
 import requests
 
 from tests.api.conftest import (
