@@ -7,7 +7,8 @@ entries, about 1 MB a token); `Sampler.sample` returns just the chosen token id.
 Plain greedy decoding (no bias, no penalties) skips the chain: llama.cpp's
 sampling API first copies every logit into a candidate array (3 MB a token
 here, ~0.5 ms), where an argmax over llama.cpp's own logits buffer picks the
-same token (the first of equal maxima, as the greedy sampler does) in ~20 µs.
+same token (the first of equal maxima, as the greedy sampler does) in ~0.1 ms
+right after a decode.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class SamplingParams:
 
 class Sampler:
     """A llama.cpp sampler chain built in llama-server's order: logit bias,
-    penalties, top-k, top-p, min-p, temperature, then the draw (greedy at 0)."""
+    penalties, top-k, top-p, min-p, temperature, then the draw (greedy at 0);
+    no chain at all for plain greedy."""
 
     __slots__ = ("_chain", "_n_vocab")
 
