@@ -1,26 +1,41 @@
 """The engine: llama.cpp through its low-level ctypes API, many requests at once."""
 
 from igllama.engine.embeddings import EmbeddingInputError, EmbeddingResult
-from igllama.engine.engine import Engine, EngineConfig, GenerationStream, PromptTooLongError
+from igllama.engine.engine import Engine, EngineConfig, PromptTooLongError
+from igllama.engine.errors import (
+    CapacityError,
+    EngineError,
+    EngineFailure,
+    EngineUnavailable,
+    InputError,
+    ShuttingDown,
+)
 from igllama.engine.model import ModelConfig, ModelLoadError
 from igllama.engine.runner import default_threads
 from igllama.engine.sampling import SamplingParams
 from igllama.engine.sequence import CompletionRequest, Finished, TextDelta
+from igllama.engine.stream import GenerationStream
 from igllama.engine.template import ChatMessage, TemplateError
 
 __all__ = [
+    "CapacityError",
     "ChatMessage",
     "CompletionRequest",
     "EmbeddingInputError",
     "EmbeddingResult",
     "Engine",
     "EngineConfig",
+    "EngineError",
+    "EngineFailure",
+    "EngineUnavailable",
     "Finished",
     "GenerationStream",
+    "InputError",
     "ModelConfig",
     "ModelLoadError",
     "PromptTooLongError",
     "SamplingParams",
+    "ShuttingDown",
     "TemplateError",
     "TextDelta",
     "default_threads",

@@ -14,13 +14,14 @@ from typing import Any
 import llama_cpp.llama_cpp as llama
 import numpy as np
 
+from igllama.engine.errors import InputError
 from igllama.engine.model import Model
 from igllama.engine.runner import ContextConfig, Runner
 
 MAX_INPUTS_PER_BATCH = 8
 
 
-class EmbeddingInputError(ValueError):
+class EmbeddingInputError(InputError):
     """An input cannot be embedded (too long, empty, or not in the vocabulary)."""
 
 

@@ -1,12 +1,11 @@
-"""The engine: one thread that owns the llama_context, and its asyncio bridge.
+"""The engine: loads the model, starts the engine thread, and serves asyncio callers.
 
-Each step, as in nano-vllm: the scheduler picks the work, one `llama_decode`
-runs one batch (the next token of every generating sequence plus prefill
-chunks of newly admitted ones), then every sequence with logits samples its
-token. The asyncio side talks to the thread through a thread-safe queue in and
-`loop.call_soon_threadsafe` out, one wake-up per step.
+`Engine` is what the rest of the program holds. Requests are tokenized here,
+on the caller's side, then handed to the engine thread (`worker.Worker`),
+which owns the llama_context; events come back on the event loop, one
+wake-up per step, into each request's `GenerationStream`.
 
-All llama.cpp compute (chat and embeddings) stays on this one thread. The
+All llama.cpp compute (chat and embeddings) stays on that one thread. The
 OpenMP build keeps a team of worker threads per thread that calls into it;
 with a second team alive on the same cores every barrier sleeps instead of
 spinning, and decoding ran ~60% slower when that happened in a benchmark.
@@ -16,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
-import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,22 +22,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from igllama.engine.embeddings import Embedder, EmbeddingJob, EmbeddingResult
+from igllama.engine.errors import CapacityError, EngineUnavailable, InputError
 from igllama.engine.model import Model, ModelConfig, ModelLoadError
 from igllama.engine.prompt_cache import PromptCache
-from igllama.engine.runner import ContextConfig, DecodeError, Runner, default_threads
+from igllama.engine.runner import ContextConfig, Runner, default_threads
 from igllama.engine.sampling import Sampler
 from igllama.engine.scheduler import Scheduler
-from igllama.engine.sequence import CompletionRequest, Finished, Sequence, Status, TextDelta
+from igllama.engine.sequence import CompletionRequest, Finished, Sequence, TextDelta
+from igllama.engine.stream import GenerationStream, Watchdog
 from igllama.engine.template import TemplateError, load_template
 from igllama.engine.text import TextPipeline
-
-log = logging.getLogger("igllama.engine")
+from igllama.engine.worker import Worker
 
 # Prompts longer than this are rendered and tokenized off the event loop.
 _INLINE_PROMPT_CHARS = 32_768
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(InputError):
     """The prompt does not fit in the context."""
 
     def __init__(self, n_prompt: int, n_ctx: int) -> None:
@@ -63,8 +61,11 @@ class EngineConfig:
     chat_template: str | None = None  # a built-in name or a Jinja file
     no_think: bool = False
     cache_ram_mib: int = 512  # host RAM for idle slots' KV states; 0 drops them instead
-
-
+    max_queue: int = 256  # completions waiting for a slot beyond which new ones are refused
+    # An admitted request that produces nothing for this long, or an engine
+    # thread that has not come round its loop for this long while it has
+    # work, is a failure reported to the clients instead of a hang.
+    watchdog_seconds: float = 300.0
 class Engine:
     """Loads the model, then serves `generate` and `embed` from many coroutines at once."""
 
@@ -101,36 +102,67 @@ class Engine:
             PromptCache(config.cache_ram_mib * 1024 * 1024),
         )
         self.embedder = Embedder(self.model, max(self.runner.n_batch, 512), self.n_threads, self.n_threads_batch)
-        self.steps = 0  # decodes run so far; read by tests and stats
+        self.worker = Worker(self.model, self.runner, self.scheduler, self.embedder)
+        self._inbox = self.worker.inbox
         self._ids = itertools.count()
-        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._outbox: list[tuple[Callable[[Any], None], Any]] = []
-        self._embed_jobs: list[EmbeddingJob] = []
+        # Event-loop side: the open streams, which the watchdog looks over.
+        self._streams: set[GenerationStream] = set()
+        self._watchdog = Watchdog(self._streams, self.health, config.watchdog_seconds)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._run, name="igllama-engine", daemon=True)
+        self._thread = threading.Thread(target=self.worker.run, name="igllama-engine", daemon=True)
         self._thread.start()
+
+    @property
+    def steps(self) -> int:
+        """Decodes run so far (tests and stats)."""
+        return self.worker.steps
+
+    @property
+    def n_in_flight(self) -> int:
+        """Completions submitted and not yet ended, running or queued."""
+        return len(self._streams)
+
+    def health(self) -> str | None:
+        """What keeps the engine from serving (its thread stopped or stalled), or None."""
+        worker = self.worker
+        if worker.failure is not None:
+            return worker.failure
+        if not self._thread.is_alive():
+            return "the engine thread stopped"
+        busy_since = worker.busy_since
+        if busy_since is not None and time.monotonic() - busy_since > self.config.watchdog_seconds:
+            return f"the engine has made no progress for {time.monotonic() - busy_since:.0f} s"
+        return None
 
     # -- the asyncio side
 
     async def submit(self, request: CompletionRequest) -> GenerationStream:
-        """Start a completion. Bad input (a prompt too long, a template that
-        refuses the conversation) raises here, before any work is queued."""
+        """Start a completion. Raises before any work is queued: `InputError`
+        for a prompt too long or a template that refuses the conversation,
+        `CapacityError` when the queue is full, `EngineUnavailable` when the
+        engine is not serving."""
         loop = self._bind_loop()
+        self._check_serving()
+        if len(self._streams) >= self.config.n_slots + self.config.max_queue:
+            raise CapacityError(
+                f"the server is busy: {self.config.max_queue} requests are already waiting; retry later"
+            )
         if sum(len(m.content) for m in request.messages) > _INLINE_PROMPT_CHARS:
             prompt = await loop.run_in_executor(None, self.prompt_tokens, request)
         else:
             prompt = self.prompt_tokens(request)
-        stream = GenerationStream(self._inbox)
+        stream = GenerationStream(self._inbox, self._streams.discard)
         seq = Sequence(
             next(self._ids),
             prompt,
             request.max_tokens,
             Sampler(request.sampling, self.model.n_vocab, prompt),
             TextPipeline(request.stop, strip_think=self.no_think(request)),
-            stream.events.put_nowait,
+            stream.deliver,
             request.cache_prompt,
         )
         stream.sequence = seq
+        self._streams.add(stream)
         self._inbox.put(("submit", seq))
         return stream
 
@@ -161,6 +193,7 @@ class Engine:
     async def embed(self, inputs: list[str | list[int]]) -> EmbeddingResult:
         """Unit-length embeddings of each input, computed between chat steps."""
         loop = self._bind_loop()
+        self._check_serving()
         tokens = self.embedder.tokenize(inputs)
         done: asyncio.Future[Any] = loop.create_future()
 
@@ -179,8 +212,13 @@ class Engine:
             raise outcome
         return outcome
 
+    def abort(self, error: Exception) -> None:
+        """End every request in flight with `error` (the end of a shutdown's drain)."""
+        self._inbox.put(("abort", error))
+
     def close(self) -> None:
-        """Stop the engine thread (pending requests are dropped) and free llama.cpp's memory."""
+        """Stop the engine thread (requests still in flight fail) and free llama.cpp's memory."""
+        self._watchdog.stop()
         if self._thread.is_alive():
             self._inbox.put(("stop", None))
             self._thread.join()
@@ -188,214 +226,18 @@ class Engine:
         self.runner.close()
         self.model.close()
 
+    def _check_serving(self) -> None:
+        problem = self.health()
+        if problem is not None:
+            raise EngineUnavailable(problem)
+
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             if self._loop is not None and not self._loop.is_closed():
                 raise RuntimeError("an Engine serves one event loop at a time")
             self._loop = loop
+            self.worker.loop = loop
+            self._watchdog.stop()
+            self._watchdog.start()
         return loop
-
-    # -- the engine thread
-
-    def _run(self) -> None:
-        while True:
-            idle = not (self.scheduler.has_work or self._embed_jobs)
-            if not self._take_commands(block=idle):
-                break
-            try:
-                if self.scheduler.has_work:
-                    self._step()
-                if self._embed_jobs:
-                    self._flush()
-                    self._embed_step()
-            except Exception as exc:  # never let the engine thread die: fail the work instead
-                log.exception("engine step failed")
-                self._fail_everything(exc)
-            if not self.scheduler.running:
-                self._flush()  # otherwise the next step flushes just before its decode
-
-    def _take_commands(self, block: bool) -> bool:
-        """Apply queued commands; returns False when asked to stop."""
-        try:
-            command, payload = self._inbox.get(block=block)
-        except queue.Empty:
-            return True
-        while True:
-            if command == "stop":
-                return False
-            if command == "submit":
-                self.scheduler.add(payload)
-            elif command == "cancel":
-                if payload.status is not Status.FINISHED:
-                    self._end(payload)
-            elif command == "embed":
-                self._embed_jobs.append(payload)
-            elif command == "cancel_embed" and payload in self._embed_jobs:
-                self._embed_jobs.remove(payload)
-            try:
-                command, payload = self._inbox.get_nowait()
-            except queue.Empty:
-                return True
-
-    def _step(self) -> None:
-        scheduler, runner = self.scheduler, self.runner
-        scheduler.admit()
-        items, out_of_room = scheduler.plan()
-        for seq in out_of_room:
-            self._finish(seq, "length")
-        if not items:
-            if scheduler.running and not out_of_room:
-                # Nothing can move (admission should prevent it): fail the newest
-                # request rather than spin with every client waiting behind it.
-                seq = scheduler.running[-1]
-                self._outbox.append((seq.sink, RuntimeError("no room left in the KV cache for this request")))
-                self._end(seq)
-            self._flush()
-            return
-        runner.clear_batch()
-        outputs: list[tuple[Sequence, int]] = []
-        for item in items:
-            seq, slot = item.sequence, item.sequence.slot
-            index = runner.add_tokens(slot.seq_id, len(slot.tokens), item.tokens, item.wants_logits)
-            if item.wants_logits:
-                outputs.append((seq, index))
-        # Hand the last step's events to the event loop now, not before this
-        # step's Python work: the loop thread then does its share while the
-        # decode runs without the GIL, instead of contending for it here.
-        self._flush()
-        try:
-            runner.decode()
-        except DecodeError as exc:
-            self._recover(items, exc)
-            return
-        self.steps += 1
-        for item in items:
-            item.sequence.slot.tokens.extend(item.tokens)
-            if item.sequence.status is Status.PREFILLING:
-                item.sequence.n_fed += len(item.tokens)
-        now = time.perf_counter()
-        for seq, index in outputs:
-            token = seq.sampler.sample(runner.ctx, index)
-            if seq.status is Status.PREFILLING:
-                seq.status = Status.DECODING
-                seq.t_first_token = now
-            self._accept(seq, token)
-
-    def _accept(self, seq: Sequence, token: int) -> None:
-        model = self.model
-        if model.is_eog(token):
-            self._finish(seq, "stop")
-            return
-        seq.n_generated += 1
-        text = seq.text.feed(model.piece(token))
-        if text:
-            self._outbox.append((seq.sink, TextDelta(text)))
-        if seq.text.stopped:
-            self._finish(seq, "stop")
-        elif seq.n_generated >= seq.max_tokens:
-            self._finish(seq, "length")
-        else:
-            seq.next_token = token
-
-    def _finish(self, seq: Sequence, finish_reason: str) -> None:
-        tail = seq.text.flush()
-        if tail:
-            self._outbox.append((seq.sink, TextDelta(tail)))
-        self._outbox.append((seq.sink, seq.finished_event(finish_reason, time.perf_counter())))
-        self._end(seq)
-
-    def _end(self, seq: Sequence) -> None:
-        self.scheduler.release(seq)
-        seq.sampler.close()
-
-    def _recover(self, items: list[Any], exc: DecodeError) -> None:
-        """A failed decode left the KV cache as before (code 1) or unknown (others)."""
-        log.warning("%s with %d sequences in the batch", exc, len(items))
-        failed = [item.sequence for item in items]
-        if exc.code != 1:
-            # Every sequence's cells may be gone, not just those of this batch.
-            failed = list(self.scheduler.running)
-            self.runner.clear_memory()
-            self.scheduler.forget_all()
-        for seq in failed:
-            self._outbox.append((seq.sink, RuntimeError(f"generation failed: {exc}")))
-            self._end(seq)
-
-    def _embed_step(self) -> None:
-        job = self._embed_jobs[0]
-        try:
-            self.embedder.step(job)
-        except Exception as exc:
-            log.exception("embedding failed")
-            self._embed_jobs.pop(0)
-            self._outbox.append((job.sink, RuntimeError(f"embedding failed: {exc}")))
-            return
-        if job.done:
-            self._embed_jobs.pop(0)
-            self._outbox.append((job.sink, job.result()))
-
-    def _fail_everything(self, exc: Exception) -> None:
-        error = RuntimeError(f"engine failure: {exc}")
-        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
-            self._outbox.append((seq.sink, error))
-            self._end(seq)
-        for job in self._embed_jobs:
-            self._outbox.append((job.sink, error))
-        self._embed_jobs.clear()
-        self.runner.clear_memory()
-        self.scheduler.forget_all()
-
-    def _flush(self) -> None:
-        if not self._outbox or self._loop is None:
-            return
-        batch, self._outbox = self._outbox, []
-        try:
-            self._loop.call_soon_threadsafe(_deliver, batch)
-        except RuntimeError:  # the event loop is closed: nobody is listening
-            pass
-
-
-class GenerationStream:
-    """The events of one completion: `TextDelta`s, then one `Finished`.
-
-    An engine failure is raised from `__anext__`. `aclose()` (or dropping the
-    stream) before the end cancels the request: its slot is freed at the
-    engine's next step.
-    """
-
-    def __init__(self, inbox: queue.SimpleQueue[tuple[str, Any]]) -> None:
-        self.events: asyncio.Queue[Any] = asyncio.Queue()
-        self.sequence: Sequence | None = None
-        self._inbox = inbox
-        self._ended = False
-
-    def __aiter__(self) -> GenerationStream:
-        return self
-
-    async def __anext__(self) -> TextDelta | Finished:
-        if self._ended:
-            raise StopAsyncIteration
-        event = await self.events.get()
-        if isinstance(event, BaseException):
-            self._ended = True
-            raise event
-        if isinstance(event, Finished):
-            self._ended = True
-        return event
-
-    async def aclose(self) -> None:
-        self._cancel()
-
-    def _cancel(self) -> None:
-        if not self._ended and self.sequence is not None:
-            self._ended = True
-            self._inbox.put(("cancel", self.sequence))
-
-    def __del__(self) -> None:
-        self._cancel()
-
-
-def _deliver(batch: list[tuple[Callable[[Any], None], Any]]) -> None:
-    for sink, event in batch:
-        sink(event)

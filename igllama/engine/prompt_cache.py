@@ -27,6 +27,9 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
 class CachedPrompt:
     tokens: list[int]
     state: Any  # a ctypes byte array from llama_state_seq_get_data
+    # The lowest position the state holds for every layer: llama.cpp saves a
+    # sliding-window layer's cells only as far back as its window reaches.
+    min_position: int = 0
 
     @property
     def size(self) -> int:
@@ -34,31 +37,32 @@ class CachedPrompt:
 
 
 class PromptCache:
-    """Saved sequence states, least recently saved evicted first beyond `budget_bytes`."""
+    """Saved sequence states, least recently saved evicted first beyond `budget_bytes`.
+
+    `size` is always the sum of the entries' sizes and never above the budget.
+    """
 
     def __init__(self, budget_bytes: int) -> None:
         self.budget_bytes = budget_bytes
         self.entries: list[CachedPrompt] = []  # oldest first
         self.size = 0
 
-    def put(self, tokens: list[int], state: Any) -> None:
-        entry = CachedPrompt(tokens, state)
+    def put(self, tokens: list[int], state: Any, min_position: int = 0) -> None:
+        entry = CachedPrompt(tokens, state, min_position)
         if entry.size > self.budget_bytes:
             return
+        for old in [e for e in self.entries if e.tokens == tokens]:
+            self.take(old)  # the newer state of the same tokens replaces it
         self.entries.append(entry)
         self.size += entry.size
         while self.size > self.budget_bytes:
             self.size -= self.entries.pop(0).size
 
-    def best_match(self, prompt: list[int]) -> tuple[CachedPrompt | None, int]:
-        """The entry sharing the longest prefix with `prompt`, and that length."""
-        best, best_n = None, 0
-        for entry in self.entries:
-            n = common_prefix_length(entry.tokens, prompt)
-            if n > best_n:
-                best, best_n = entry, n
-        return best, best_n
-
     def take(self, entry: CachedPrompt) -> None:
+        """Remove `entry` (which must be cached) to use its state."""
         self.entries.remove(entry)
         self.size -= entry.size
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.size = 0

@@ -4,6 +4,10 @@ N slots share one unified KV pool. Each slot remembers which tokens its KV
 sequence holds; a new request goes to the free slot whose tokens share the
 longest prefix with its prompt, and only the rest is prefilled. Requests
 beyond N wait in a FIFO queue. The scheduler decides; `Runner` executes.
+
+A sequence is always in exactly one place: `waiting` (status WAITING),
+`running` (PREFILLING or DECODING, with a slot), or nowhere once FINISHED.
+Every method leaves it so, whatever it raises.
 """
 
 from __future__ import annotations
@@ -13,19 +17,20 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from igllama.engine.prompt_cache import PromptCache, common_prefix_length
+from igllama.engine.prompt_cache import CachedPrompt, PromptCache, common_prefix_length
 from igllama.engine.sequence import Sequence, Status
 
 
 class Slot:
     """One KV-cache sequence id and the tokens whose keys and values it holds."""
 
-    __slots__ = ("last_used", "seq_id", "sequence", "tokens")
+    __slots__ = ("last_used", "n_prompt", "seq_id", "sequence", "tokens")
 
     def __init__(self, seq_id: int) -> None:
         self.seq_id = seq_id
         self.tokens: list[int] = []  # position i of the KV sequence holds tokens[i]
         self.sequence: Sequence | None = None
+        self.n_prompt = 0  # the prompt length of the last request served here
         self.last_used = 0
 
 
@@ -80,42 +85,72 @@ class Scheduler:
         self.waiting.append(seq)
 
     def release(self, seq: Sequence) -> None:
-        """Forget a finished or cancelled sequence; its slot keeps its tokens for reuse."""
+        """Forget a sequence in any state (idempotent); its slot keeps its tokens for reuse."""
         if seq.status is Status.WAITING:
-            self.waiting.remove(seq)
+            if seq in self.waiting:
+                self.waiting.remove(seq)
         elif seq in self.running:
             self.running.remove(seq)
-        if seq.slot is not None:
-            seq.slot.sequence = None
+        slot = seq.slot
+        if slot is not None:
+            if slot.sequence is seq:
+                slot.sequence = None
             seq.slot = None
         seq.status = Status.FINISHED
 
-    def admit(self) -> None:
-        """Give free slots to waiting sequences, first come first served."""
-        while self.waiting:
-            free = [slot for slot in self.slots if slot.sequence is None]
-            if not free:
-                return
-            seq = self.waiting[0]
-            slot = max(free, key=lambda s: (common_prefix_length(s.tokens, seq.prompt), -s.last_used))
-            n_slot = common_prefix_length(slot.tokens, seq.prompt) if seq.reuse_cache else 0
-            entry, n_entry = self.cache.best_match(seq.prompt) if seq.reuse_cache else (None, 0)
-            if not self._has_room_for(seq):
-                return  # wait for running sequences to finish; FIFO order is kept
-            self.waiting.popleft()
-            for other in free:
-                if other is not slot:
-                    self._park(other)
-            if entry is not None and n_entry > n_slot:
-                self._park(slot)
-                if self.memory.restore(slot.seq_id, entry.state):
-                    slot.tokens = entry.tokens
-                    self.cache.take(entry)
-                else:
-                    self.memory.remove(slot.seq_id, 0)
-            elif n_slot < len(slot.tokens) // 2:
-                self._save(slot)  # the new prompt keeps less than half of it: keep a copy in RAM
-            self._attach(seq, slot)
+    def discard_slot_state(self, slot: Slot) -> None:
+        """After a failure the slot's KV cells are in an unknown state: drop them."""
+        slot.tokens = []
+        self.memory.remove(slot.seq_id, 0)
+
+    # -- admission
+
+    def next_admission(self) -> Sequence | None:
+        """Move the first waiting sequence to a free slot if the pool can hold it.
+
+        The sequence is in `running` with its slot when this returns; `prepare`
+        then fills the slot (cache restore, prefix reuse). Keeping the two
+        apart means a failure while preparing has one running sequence to
+        fail, never a sequence that is in no list at all.
+        """
+        if not self.waiting:
+            return None
+        free = [slot for slot in self.slots if slot.sequence is None]
+        if not free:
+            return None
+        seq = self.waiting[0]
+        if not self._has_room_for(seq):
+            return None  # wait for running sequences to finish; FIFO order is kept
+        slot = max(free, key=lambda s: (common_prefix_length(s.tokens, seq.prompt), -s.last_used))
+        self.waiting.popleft()
+        self._clock += 1
+        slot.last_used = self._clock
+        slot.sequence = seq
+        seq.slot = slot
+        seq.status = Status.PREFILLING
+        seq.t_admitted = time.perf_counter()
+        self.running.append(seq)
+        return seq
+
+    def prepare(self, seq: Sequence) -> None:
+        """Fill an admitted sequence's slot with the longest reusable prefix it can get."""
+        slot = seq.slot
+        n_slot = self._reusable(slot.tokens, seq, self._slot_min_position(slot)) if seq.reuse_cache else 0
+        # Take the entry out of the cache before parking anything: parking
+        # saves states into the same cache and could evict it meanwhile.
+        entry = self._take_better_entry(seq, n_slot) if seq.reuse_cache else None
+        for other in self.slots:
+            if other.sequence is None:
+                self._park(other)
+        if entry is not None:
+            self._park(slot)
+            if self.memory.restore(slot.seq_id, entry.state):
+                slot.tokens = entry.tokens
+            else:
+                self.memory.remove(slot.seq_id, 0)
+        elif n_slot < len(slot.tokens) // 2:
+            self._save(slot, n_keep=n_slot)  # the new prompt keeps less than half of it: keep a copy in RAM
+        self._reuse_prefix(seq, slot)
 
     def _has_room_for(self, seq: Sequence) -> bool:
         """Whether the KV pool can take this prompt beside what running sequences hold and still need.
@@ -125,12 +160,76 @@ class Scheduler:
         needed = len(seq.prompt) + 1
         return self.n_ctx - held - reserved >= needed
 
-    def _save(self, slot: Slot) -> None:
-        """Copy a slot's KV state to the host prompt cache."""
-        if slot.tokens and self.cache.budget_bytes > 0:
-            state = self.memory.save(slot.seq_id)
-            if state is not None:
-                self.cache.put(list(slot.tokens), state)
+    def _reusable(self, tokens: list[int], seq: Sequence, min_position: int) -> int:
+        """How many of `tokens` the sequence can keep, given the lowest position their KV state holds.
+
+        At least the last prompt token is decoded again: its logits give the
+        first token. On a sliding-window model the token decoded at position
+        n attends to positions n - n_swa + 1 .. n (llama.cpp's standard SWA
+        mask); if the state no longer holds those, nothing is reused, as in
+        llama-server.
+        """
+        n = min(common_prefix_length(tokens, seq.prompt), len(seq.prompt) - 1)
+        if n <= 0:
+            return 0
+        if min_position < 0:  # the window layers hold nothing of it (llama.cpp's pos_min is -1)
+            return 0
+        if self.n_swa > 0 and min_position > max(0, n - self.n_swa + 1):
+            return 0
+        return n
+
+    def _slot_min_position(self, slot: Slot) -> int:
+        return self.memory.min_position(slot.seq_id) if slot.tokens else 0
+
+    def _take_better_entry(self, seq: Sequence, n_slot: int) -> CachedPrompt | None:
+        best, best_n = None, n_slot
+        for entry in self.cache.entries:
+            n = self._reusable(entry.tokens, seq, entry.min_position)
+            if n > best_n:
+                best, best_n = entry, n
+        if best is not None:
+            self.cache.take(best)
+        return best
+
+    def _reuse_prefix(self, seq: Sequence, slot: Slot) -> None:
+        n_reuse = self._reusable(slot.tokens, seq, self._slot_min_position(slot)) if seq.reuse_cache else 0
+        if n_reuse < len(slot.tokens):
+            if not self.memory.remove(slot.seq_id, n_reuse):
+                self.memory.remove(slot.seq_id, 0)
+                n_reuse = 0
+            del slot.tokens[n_reuse:]
+        slot.n_prompt = len(seq.prompt)
+        seq.n_cached = seq.n_fed = n_reuse
+
+    # -- the host prompt cache
+
+    def _save(self, slot: Slot, n_keep: int = 0) -> None:
+        """Copy a slot's KV state to the host prompt cache.
+
+        llama.cpp saves only the cells a sliding-window layer still attends to
+        from the sequence's last position, so a long state comes back usable
+        for its own continuation but not for its prompt sent again (a
+        regenerated reply). For that, a second state is saved with the cells
+        cut back to the end of the last prompt. The slot then holds only that
+        prompt, which callers that keep `n_keep` tokens or fewer never notice.
+        """
+        if not slot.tokens or self.cache.budget_bytes <= 0:
+            return
+        self._put(slot, slot.tokens)
+        n_prompt = slot.n_prompt
+        wanted = self.n_swa > 0 and len(slot.tokens) > self.n_swa and n_keep <= n_prompt < len(slot.tokens)
+        if wanted and self.memory.remove(slot.seq_id, n_prompt):
+            del slot.tokens[n_prompt:]
+            self._put(slot, slot.tokens)
+
+    def _put(self, slot: Slot, tokens: list[int]) -> None:
+        state = self.memory.save(slot.seq_id)
+        if state is not None:
+            min_position = self.memory.min_position(slot.seq_id)
+            if self.n_swa > 0 and min_position >= 0:
+                # What llama.cpp's state_write keeps of a sliding-window layer.
+                min_position = max(min_position, len(tokens) - self.n_swa)
+            self.cache.put(list(tokens), state, min_position)
 
     def _park(self, slot: Slot) -> int:
         """Move an idle slot's KV state to the host prompt cache; returns the cells freed."""
@@ -141,28 +240,7 @@ class Scheduler:
             slot.tokens = []
         return n
 
-    def _attach(self, seq: Sequence, slot: Slot) -> None:
-        # At least the last prompt token is decoded again: its logits give the first token.
-        n_reuse = min(common_prefix_length(slot.tokens, seq.prompt), len(seq.prompt) - 1)
-        if not seq.reuse_cache:
-            n_reuse = 0
-        # A sliding-window cache may already have dropped positions the
-        # continuation attends to; llama-server re-processes in that case too.
-        if n_reuse > 0 and self.n_swa > 0 and self.memory.min_position(slot.seq_id) > max(0, n_reuse - self.n_swa):
-            n_reuse = 0
-        if n_reuse < len(slot.tokens):
-            if not self.memory.remove(slot.seq_id, n_reuse):
-                self.memory.remove(slot.seq_id, 0)
-                n_reuse = 0
-            del slot.tokens[n_reuse:]
-        self._clock += 1
-        slot.last_used = self._clock
-        slot.sequence = seq
-        seq.slot = slot
-        seq.n_cached = seq.n_fed = n_reuse
-        seq.status = Status.PREFILLING
-        seq.t_admitted = time.perf_counter()
-        self.running.append(seq)
+    # -- batches
 
     def plan(self) -> tuple[list[BatchItem], list[Sequence]]:
         """The next batch: one token of every decoding sequence, then prefill
@@ -216,5 +294,4 @@ class Scheduler:
         """After a failed decode the KV state is unknown: no slot may trust its tokens."""
         for slot in self.slots:
             slot.tokens = []
-        self.cache.entries.clear()
-        self.cache.size = 0
+        self.cache.clear()

@@ -21,6 +21,8 @@ import jinja2
 import llama_cpp.llama_cpp as llama
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from igllama.engine.errors import InputError
+
 EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
 
 # Built-in llama.cpp template names for architectures whose GGUFs often ship
@@ -38,7 +40,7 @@ _BUILTIN_BY_ARCHITECTURE = {
 }
 
 
-class TemplateError(Exception):
+class TemplateError(InputError):
     """A chat template could not be loaded or rendered; the message says why."""
 
 

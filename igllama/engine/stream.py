@@ -1,0 +1,121 @@
+"""One completion's events on the asyncio side.
+
+The engine thread hands `TextDelta`s, then one `Finished` (or an exception)
+to `deliver`, on the event loop. A client that stops reading cancels the
+request. `Watchdog` looks over every open stream now and then, so that a dead
+or stalled engine, or a request that stopped making progress, ends with an
+error instead of leaving its client waiting forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import time
+from collections.abc import Callable
+from typing import Any
+
+from igllama.engine.errors import EngineError, EngineFailure, EngineUnavailable
+from igllama.engine.sequence import Finished, Sequence, Status, TextDelta
+
+
+class GenerationStream:
+    """The events of one completion: `TextDelta`s, then one `Finished`.
+
+    An engine failure is raised from `__anext__` as an `EngineError`.
+    `aclose()` (or dropping the stream) before the end cancels the request:
+    its slot is freed at the engine's next step.
+    """
+
+    def __init__(self, inbox: queue.SimpleQueue[tuple[str, Any]], on_end: Callable[[GenerationStream], None]) -> None:
+        self.events: asyncio.Queue[Any] = asyncio.Queue()
+        self.sequence: Sequence | None = None
+        self.last_progress = time.monotonic()
+        self._inbox = inbox
+        self._on_end = on_end
+        self._ended = False
+
+    def deliver(self, event: Any) -> None:
+        """Called on the event loop with each event the engine produced."""
+        self.last_progress = time.monotonic()
+        self.events.put_nowait(event)
+
+    def fail(self, error: EngineError) -> None:
+        """End the stream with `error` and cancel the request in the engine."""
+        if not self._ended:
+            self._cancel()
+            self.events.put_nowait(error)
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> TextDelta | Finished:
+        if self._ended and self.events.empty():
+            raise StopAsyncIteration
+        event = await self.events.get()
+        if isinstance(event, BaseException):
+            self._end()
+            raise event
+        if isinstance(event, Finished):
+            self._end()
+        return event
+
+    async def aclose(self) -> None:
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if not self._ended and self.sequence is not None:
+            self._inbox.put(("cancel", self.sequence))
+        self._end()
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._on_end(self)
+
+    def __del__(self) -> None:
+        self._cancel()
+
+
+class Watchdog:
+    """Checks every open stream each `interval` seconds.
+
+    `health` names what is wrong with the engine (None when it serves). A
+    queued request may wait as long as the engine is healthy, since the queue
+    moves; an admitted one that produces nothing for `bound` seconds is
+    failed.
+    """
+
+    def __init__(self, streams: set[GenerationStream], health: Callable[[], str | None], bound: float) -> None:
+        self.streams = streams
+        self.health = health
+        self.bound = bound
+        self.interval = min(5.0, bound / 2)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _watch(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                await asyncio.sleep(self.interval)
+                self.check()
+
+    def check(self) -> None:
+        problem = self.health()
+        now = time.monotonic()
+        for stream in list(self.streams):
+            seq = stream.sequence
+            if problem is not None:
+                stream.fail(EngineUnavailable(problem))
+            elif seq is None or seq.status is Status.WAITING:
+                stream.last_progress = now
+            elif now - stream.last_progress > self.bound:
+                stream.fail(EngineFailure(f"the request made no progress for {self.bound:.0f} s"))

@@ -1,0 +1,290 @@
+"""The engine thread: the only code that touches the llama_context.
+
+Each step, as in nano-vllm: the scheduler picks the work, one `llama_decode`
+runs one batch (the next token of every generating sequence plus prefill
+chunks of newly admitted ones), then every sequence with logits samples its
+token. Commands arrive on a thread-safe queue; events leave in one
+`loop.call_soon_threadsafe` per step.
+
+Supervision: every command and every part of a step runs under error
+handling that fails only the requests the failure touched, with a typed
+error, and the thread keeps serving. Each step ends with an audit that no
+request has fallen out of the scheduler's lists. Should the thread stop all
+the same, `failure` says why and every request still known gets an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import time
+from collections.abc import Callable
+from typing import Any
+
+from igllama.engine.embeddings import Embedder, EmbeddingJob
+from igllama.engine.errors import CapacityError, EngineError, EngineFailure, EngineUnavailable
+from igllama.engine.model import Model
+from igllama.engine.runner import DecodeError, Runner
+from igllama.engine.scheduler import BatchItem, Scheduler
+from igllama.engine.sequence import Sequence, Status, TextDelta
+
+log = logging.getLogger("igllama.engine")
+
+Sink = Callable[[Any], None]
+
+
+class Worker:
+    """Runs on the engine thread: takes commands, steps the scheduler, hands out events."""
+
+    def __init__(self, model: Model, runner: Runner, scheduler: Scheduler, embedder: Embedder) -> None:
+        self.model = model
+        self.runner = runner
+        self.scheduler = scheduler
+        self.embedder = embedder
+        self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.steps = 0  # decodes run so far; read by tests and stats
+        # Read by the event loop (single attribute reads): why the thread
+        # stopped, and when it last came round its loop while it had work.
+        self.failure: str | None = None
+        self.busy_since: float | None = None
+        self._live: set[Sequence] = set()  # submitted and not yet ended
+        self._outbox: list[tuple[Sink, Any]] = []
+        self._embed_jobs: list[EmbeddingJob] = []
+
+    def run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # the last line of defence: say so, fail everyone
+            self.failure = f"the engine thread stopped: {type(exc).__name__}: {exc}"
+            log.critical("%s; every request now fails with 503 until the server is restarted", self.failure,
+                         exc_info=True)
+            self._fail_all(EngineUnavailable(self.failure))
+            self._flush()
+
+    def _serve(self) -> None:
+        while self.run_once():
+            pass
+
+    def run_once(self, block: bool = True) -> bool:
+        """Apply the queued commands (waiting for one when idle and `block`),
+        then run one step; False once asked to stop."""
+        idle = not (self.scheduler.has_work or self._embed_jobs)
+        if idle:
+            self.busy_since = None
+        if not self._take_commands(block=idle and block):
+            return False
+        self.busy_since = time.monotonic()
+        try:
+            if self.scheduler.has_work:
+                self._step()
+            if self._embed_jobs:
+                self._flush()
+                self._embed_step()
+        except Exception as exc:
+            # A bug, not a bad request: the running requests' state cannot
+            # be trusted, the queued ones never started and stay queued.
+            log.exception("engine step failed")
+            for seq in list(self.scheduler.running):
+                self._fail(seq, EngineFailure(f"the engine failed while generating: {exc}"), discard=True)
+        self._audit()
+        if not self.scheduler.running:
+            self._flush()  # otherwise the next step flushes just before its decode
+        return True
+
+    # -- commands
+
+    def _take_commands(self, block: bool) -> bool:
+        """Apply queued commands; returns False when asked to stop."""
+        try:
+            command, payload = self.inbox.get(block=block)
+        except queue.Empty:
+            return True
+        while True:
+            if command == "stop":
+                self._fail_all(EngineUnavailable("the server stopped"))
+                self._flush()
+                return False
+            try:
+                self._apply(command, payload)
+            except Exception as exc:
+                log.exception("engine command %r failed", command)
+                if isinstance(payload, Sequence):
+                    self._fail(payload, EngineFailure(f"the engine failed to {command} this request: {exc}"))
+            try:
+                command, payload = self.inbox.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _apply(self, command: str, payload: Any) -> None:
+        if command == "submit":
+            self._live.add(payload)
+            self.scheduler.add(payload)
+        elif command == "cancel":
+            self._end(payload)
+        elif command == "embed":
+            self._embed_jobs.append(payload)
+        elif command == "cancel_embed":
+            if payload in self._embed_jobs:
+                self._embed_jobs.remove(payload)
+        elif command == "abort":
+            self._fail_all(payload)
+        else:
+            raise ValueError(f"unknown engine command {command!r}")
+
+    # -- a step
+
+    def _step(self) -> None:
+        scheduler, runner = self.scheduler, self.runner
+        while (seq := scheduler.next_admission()) is not None:
+            try:
+                scheduler.prepare(seq)
+            except Exception as exc:
+                log.exception("admitting a request failed")
+                self._fail(seq, EngineFailure(f"the engine failed to start this request: {exc}"), discard=True)
+        items, out_of_room = scheduler.plan()
+        for seq in out_of_room:
+            self._finish(seq, "length")
+        if not items:
+            if scheduler.running and not out_of_room:
+                # Nothing can move (admission should prevent it): fail the newest
+                # request rather than spin with every client waiting behind it.
+                self._fail(scheduler.running[-1], CapacityError("no room left in the KV cache for this request"))
+            self._flush()
+            return
+        runner.clear_batch()
+        outputs: list[tuple[Sequence, int]] = []
+        for item in items:
+            seq, slot = item.sequence, item.sequence.slot
+            index = runner.add_tokens(slot.seq_id, len(slot.tokens), item.tokens, item.wants_logits)
+            if item.wants_logits:
+                outputs.append((seq, index))
+        # Hand the last step's events to the event loop now, not before this
+        # step's Python work: the loop thread then does its share while the
+        # decode runs without the GIL, instead of contending for it here.
+        self._flush()
+        try:
+            runner.decode()
+        except DecodeError as exc:
+            self._recover(items, exc)
+            return
+        self.steps += 1
+        for item in items:
+            item.sequence.slot.tokens.extend(item.tokens)
+            if item.sequence.status is Status.PREFILLING:
+                item.sequence.n_fed += len(item.tokens)
+        now = time.perf_counter()
+        for seq, index in outputs:
+            try:
+                token = seq.sampler.sample(runner.ctx, index)
+                if seq.status is Status.PREFILLING:
+                    seq.status = Status.DECODING
+                    seq.t_first_token = now
+                self._accept(seq, token)
+            except Exception as exc:
+                log.exception("sampling failed")
+                self._fail(seq, EngineFailure(f"sampling failed: {exc}"), discard=True)
+
+    def _accept(self, seq: Sequence, token: int) -> None:
+        model = self.model
+        if model.is_eog(token):
+            self._finish(seq, "stop")
+            return
+        seq.n_generated += 1
+        text = seq.text.feed(model.piece(token))
+        if text:
+            self._outbox.append((seq.sink, TextDelta(text)))
+        if seq.text.stopped:
+            self._finish(seq, "stop")
+        elif seq.n_generated >= seq.max_tokens:
+            self._finish(seq, "length")
+        else:
+            seq.next_token = token
+
+    def _recover(self, items: list[BatchItem], exc: DecodeError) -> None:
+        """A failed decode left the KV cache as before (code 1) or unknown (others)."""
+        log.warning("%s with %d sequences in the batch", exc, len(items))
+        if exc.code == 1:
+            for item in items:
+                self._fail(item.sequence, CapacityError(f"generation failed: {exc}"))
+            return
+        # Every sequence's cells may be gone, not just those of this batch.
+        failed = list(self.scheduler.running)
+        self.runner.clear_memory()
+        self.scheduler.forget_all()
+        for seq in failed:
+            self._fail(seq, EngineFailure(f"generation failed: {exc}"))
+
+    def _embed_step(self) -> None:
+        job = self._embed_jobs[0]
+        try:
+            self.embedder.step(job)
+        except Exception as exc:
+            log.exception("embedding failed")
+            self._embed_jobs.pop(0)
+            self._outbox.append((job.sink, EngineFailure(f"embedding failed: {exc}")))
+            return
+        if job.done:
+            self._embed_jobs.pop(0)
+            self._outbox.append((job.sink, job.result()))
+
+    # -- ending requests: every path goes through _end
+
+    def _finish(self, seq: Sequence, finish_reason: str) -> None:
+        tail = seq.text.flush()
+        if tail:
+            self._outbox.append((seq.sink, TextDelta(tail)))
+        self._outbox.append((seq.sink, seq.finished_event(finish_reason, time.perf_counter())))
+        self._end(seq)
+
+    def _fail(self, seq: Sequence, error: EngineError, discard: bool = False) -> None:
+        """End `seq` with `error`; `discard` drops its slot's KV state, which the failure left unknown."""
+        if seq.status is Status.FINISHED and seq not in self._live:
+            return  # already ended, and its client told
+        slot = seq.slot
+        self._outbox.append((seq.sink, error))
+        self._end(seq)
+        if discard and slot is not None:
+            try:
+                self.scheduler.discard_slot_state(slot)
+            except Exception:
+                log.exception("clearing a failed request's KV cells failed")
+
+    def _end(self, seq: Sequence) -> None:
+        if seq.status is not Status.FINISHED:
+            self.scheduler.release(seq)
+            seq.sampler.close()
+        self._live.discard(seq)
+
+    def _fail_all(self, error: EngineError) -> None:
+        for seq in list(self._live):
+            self._fail(seq, error)
+        for job in self._embed_jobs:
+            self._outbox.append((job.sink, error))
+        self._embed_jobs.clear()
+
+    def _audit(self) -> None:
+        """Fail any request the scheduler lost track of, so that its client hears of it."""
+        scheduler = self.scheduler
+        if len(self._live) == len(scheduler.waiting) + len(scheduler.running):
+            return  # the common case, checked in O(1)
+        placed = set(scheduler.waiting) | set(scheduler.running)
+        for seq in list(self._live):
+            if seq not in placed:
+                log.error("request %d was in no queue (status %s); failing it", seq.id, seq.status.name)
+                self._fail(seq, EngineFailure("the engine lost track of this request"), discard=True)
+
+    def _flush(self) -> None:
+        if not self._outbox or self.loop is None:
+            return
+        batch, self._outbox = self._outbox, []
+        try:
+            self.loop.call_soon_threadsafe(_deliver, batch)
+        except RuntimeError:  # the event loop is closed: nobody is listening
+            pass
+
+
+def _deliver(batch: list[tuple[Sink, Any]]) -> None:
+    for sink, event in batch:
+        sink(event)
