@@ -38,6 +38,8 @@ class ServerConfig:
     alias: str | None = None
     chat_template: str | None = None
     verbose: bool = False
+    max_queue: int = 256
+    shutdown_timeout: float = 30.0
     using_demo: bool = False
 
 
@@ -82,6 +84,16 @@ def _temperature(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.0 <= value <= 86400.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 86400 seconds, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="igllama", description="An OpenAI-compatible server for GGUF models.", add_help=False)
     parser.add_argument("--help", action="help", help="show this help and exit")
@@ -109,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--api-key", help="require Authorization: Bearer KEY on every endpoint but /health")
     api.add_argument("-a", "--alias", help="model id to report (default: the file's name)")
     api.add_argument("--chat-template", help="a llama.cpp built-in template name or a Jinja file")
+    api.add_argument("--max-queue", type=_int, default=256, metavar="N",
+                     help="requests that may wait for a slot; more get 503 with Retry-After (default 256)")
+    api.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                     help="on SIGTERM/SIGINT, how long requests in flight may finish (default 30)")
     api.add_argument("-v", "--verbose", action="store_true", help="log llama.cpp's own messages too")
     return parser
 
@@ -136,6 +152,8 @@ def parse_config(argv: list[str]) -> ServerConfig:
         fail(f"--parallel ({args.parallel}) cannot exceed --batch-size ({args.batch_size}): each step decodes one token per slot")
     if args.cache_ram < 0:
         fail(f"--cache-ram must be 0 or more, not {args.cache_ram}")
+    if args.max_queue < 0:
+        fail(f"--max-queue must be 0 or more, not {args.max_queue}")
     if args.chat_template:
         _check_chat_template(args.chat_template)
     return ServerConfig(
@@ -144,7 +162,7 @@ def parse_config(argv: list[str]) -> ServerConfig:
         no_think=args.no_think, temp=args.temp, parallel=args.parallel, batch_size=args.batch_size,
         cache_ram=args.cache_ram,
         api_key=args.api_key, alias=args.alias, chat_template=args.chat_template, verbose=args.verbose,
-        using_demo=using_demo,
+        max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout, using_demo=using_demo,
     )
 
 

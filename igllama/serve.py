@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,12 +24,16 @@ from igllama.engine import (
     EngineConfig,
     ModelConfig,
     ModelLoadError,
+    ShuttingDown,
     TemplateError,
     default_threads,
 )
-from igllama.http import Limits, ListenError, Server, run_until_signal
+from igllama.http import Limits, ListenError, Server, wait_for_signal
 
 log = logging.getLogger("igllama")
+
+# After the shutdown timeout, how long the error frames of ended requests may take to go out.
+_LAST_FRAMES_SECONDS = 2.0
 
 
 def engine_config(config: ServerConfig) -> EngineConfig:
@@ -42,6 +47,7 @@ def engine_config(config: ServerConfig) -> EngineConfig:
         chat_template=config.chat_template,
         no_think=config.no_think,
         cache_ram_mib=config.cache_ram,
+        max_queue=config.max_queue,
     )
 
 
@@ -58,7 +64,7 @@ async def _serve(config: ServerConfig) -> int:
     except ListenError as exc:
         print(f"igllama: error: {exc}", file=sys.stderr)
         return 1
-    stop = asyncio.ensure_future(run_until_signal(server))
+    stop = asyncio.ensure_future(wait_for_signal())
     # Let it install its SIGINT/SIGTERM handlers before the banner says we are
     # up: a Ctrl-C in between would otherwise end in a KeyboardInterrupt trace.
     await asyncio.sleep(0)
@@ -75,6 +81,8 @@ async def _serve(config: ServerConfig) -> int:
     pending: list[asyncio.Future[Any]] = [load, stop]
     await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
     if stop.done():  # interrupted while loading: let the load finish, then free it
+        app.drain()
+        await server.close(0.0)
         engine = await _loaded_or_none(load)
         if engine is not None:
             engine.close()
@@ -90,9 +98,33 @@ async def _serve(config: ServerConfig) -> int:
     progress.finish()
     app.set_engine(engine)
     print(f"ready in {time.perf_counter() - started:.1f} s: http://{_url_host(server.host)}:{server.port}/v1", file=sys.stderr)
-    await stop
+    signum = await stop
+    log.info("received %s: draining; requests in flight have %g s to finish (a second signal stops at once)",
+             signal.Signals(signum).name, config.shutdown_timeout)
+    app.drain()
+    second_signal = asyncio.ensure_future(wait_for_signal())
+    draining = asyncio.ensure_future(_drain(server, engine, config.shutdown_timeout))
+    await asyncio.wait({second_signal, draining}, return_when=asyncio.FIRST_COMPLETED)
+    if second_signal.done():
+        log.warning("second signal: stopping now")
+        draining.cancel()
+    else:
+        second_signal.cancel()
+    await server.close(0.0)
     engine.close()
+    log.info("stopped")
     return 0
+
+
+async def _drain(server: Server, engine: Engine, timeout: float) -> None:
+    """Let requests in flight finish for `timeout` seconds, then end the rest
+    with an error that names the shutdown (a stream still gets `[DONE]`)."""
+    if await server.drain(timeout):
+        return
+    log.warning("shutdown timeout (%g s) reached: ending the requests still running", timeout)
+    engine.abort(ShuttingDown(f"the server shut down before this request finished (--shutdown-timeout {timeout:g} s)"))
+    if not await server.drain(_LAST_FRAMES_SECONDS):
+        log.warning("closing %d connection(s) that did not finish", server.connection_count)
 
 
 async def _loaded_or_none(load: asyncio.Future[Engine]) -> Engine | None:

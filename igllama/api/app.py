@@ -14,17 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from igllama.api import responses
-from igllama.api.errors import APIError
+from igllama.api.errors import RETRY_AFTER, APIError, from_engine
 from igllama.api.requests import ChatCall, Defaults, parse_chat, parse_embeddings, parse_json
-from igllama.engine import (
-    EmbeddingInputError,
-    Engine,
-    Finished,
-    GenerationStream,
-    PromptTooLongError,
-    TemplateError,
-    TextDelta,
-)
+from igllama.engine import Engine, EngineError, Finished, GenerationStream, TextDelta
 from igllama.http import EventStream, Request, Response, Router
 
 access_log = logging.getLogger("igllama.access")
@@ -33,6 +25,7 @@ log = logging.getLogger("igllama.api")
 AsyncHandler = Callable[[Request], Awaitable[Response | EventStream]]
 
 HEALTH_OK = Response.json(200, {"status": "ok", "model": "loaded"})
+_RETRY = ((b"Retry-After", str(RETRY_AFTER).encode()),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +37,14 @@ class AppSettings:
 
 
 class App:
-    """Serves the API; answers 503 until `set_engine` hands it a loaded engine."""
+    """Serves the API; answers 503 until `set_engine` hands it a loaded engine,
+    and again once `drain` is called or the engine stops serving."""
 
     def __init__(self, settings: AppSettings) -> None:
         self.settings = settings
         self.engine: Engine | None = None
         self.load_progress = 0.0
+        self.draining = False
         self.created = responses.now()
         self.defaults = Defaults(settings.max_tokens, settings.temperature)
         self.router = Router()
@@ -62,13 +57,24 @@ class App:
         self.defaults = Defaults(self.settings.max_tokens, self.settings.temperature, engine.model.n_vocab)
         self.engine = engine
 
+    def drain(self) -> None:
+        """The server is stopping: health says so, new requests get 503, requests in flight go on."""
+        self.draining = True
+
     # -- handlers
 
     def health(self, request: Request) -> Response:
         """Plain function: the HTTP layer calls it inline, the cheap path orchestrators poll."""
-        if self.engine is not None:
-            return HEALTH_OK
-        return Response.json(503, {"status": "loading", "model": "loading", "progress": round(self.load_progress, 3)})
+        if self.draining:
+            return Response.json(503, {"status": "draining"}, headers=_RETRY)
+        if self.engine is None:
+            return Response.json(
+                503, {"status": "loading", "model": "loading", "progress": round(self.load_progress, 3)}
+            )
+        problem = self.engine.health()
+        if problem is not None:
+            return Response.json(503, {"status": "error", "model": "failed", "error": problem})
+        return HEALTH_OK
 
     async def list_models(self, request: Request) -> Response:
         return Response.json(200, responses.models(self.settings.model_id, self.created))
@@ -79,21 +85,29 @@ class App:
         call = parse_chat(parse_json(request.body), self.defaults)
         try:
             stream = await engine.submit(call.request)
-        except (PromptTooLongError, TemplateError) as exc:
-            raise APIError(400, str(exc), param="messages") from None
+        except EngineError as exc:
+            raise from_engine(exc, "messages") from None
         model = call.model or self.settings.model_id
         if call.stream:
             return EventStream(self._stream(stream, call, model, request, started))
+        parts: list[str] = []
+        done: Finished | None = None
+        status = 499  # unless the loop below ends otherwise: the client went away
         try:
-            parts: list[str] = []
-            done: Finished | None = None
             async for event in stream:
                 if isinstance(event, TextDelta):
                     parts.append(event.text)
                 else:
                     done = event
+            status = 200
+        except EngineError as exc:
+            error = from_engine(exc, "messages")
+            status = error.status
+            raise error from None
         finally:
             await stream.aclose()
+            if status != 200:
+                self._log_access(request, status, started, None)
         if done is None:
             raise RuntimeError("the engine ended a completion without its final event")
         self._log_access(request, 200, started, done)
@@ -105,6 +119,7 @@ class App:
     ) -> AsyncIterator[bytes]:
         chunks = responses.ChunkWriter(responses.completion_id(), responses.now(), model)
         done: Finished | None = None
+        status = 499  # unless the stream ends otherwise: the client went away
         try:
             yield chunks.role()
             async for event in stream:
@@ -116,14 +131,22 @@ class App:
                 yield chunks.finish(done)
                 if call.include_usage:
                     yield chunks.usage(done)
+            status = 200
             yield b"[DONE]"
-        except Exception:
-            # The status line is long gone: report the failure in-band, as OpenAI does.
-            log.exception("streamed completion failed")
-            yield APIError(500, "generation failed; see the server log").response().body
+        except Exception as exc:
+            # The status line is long gone: report the failure in-band, as
+            # OpenAI does, then end the stream the usual way.
+            if isinstance(exc, EngineError):
+                error = from_engine(exc, "messages")
+            else:
+                log.exception("streamed completion failed")
+                error = APIError(500, "generation failed; see the server log")
+            status = error.status
+            yield error.body
+            yield b"[DONE]"
         finally:
             await stream.aclose()
-            self._log_access(request, 200 if done else 499, started, done)
+            self._log_access(request, status, started, done)
 
     async def embeddings(self, request: Request) -> Response:
         engine = self._engine()
@@ -131,8 +154,8 @@ class App:
         call = parse_embeddings(parse_json(request.body))
         try:
             result = await engine.embed(call.inputs)
-        except EmbeddingInputError as exc:
-            raise APIError(400, str(exc), param="input") from None
+        except EngineError as exc:
+            raise from_engine(exc, "input") from None
         body = responses.embeddings(result, call.model or self.settings.model_id, call.base64)
         elapsed_ms = (time.perf_counter() - started) * 1000
         access_log.info(
@@ -144,8 +167,12 @@ class App:
     # -- plumbing
 
     def _engine(self) -> Engine:
+        if self.draining:
+            raise APIError(503, "the server is shutting down; send the request elsewhere or retry later",
+                           code="shutting_down", retry_after=RETRY_AFTER)
         if self.engine is None:
-            raise APIError(503, "the model is still loading; retry when GET /health answers 200")
+            raise APIError(503, "the model is still loading; retry when GET /health answers 200",
+                           retry_after=RETRY_AFTER)
         return self.engine
 
     def _guarded(self, handler: AsyncHandler) -> AsyncHandler:
@@ -162,7 +189,7 @@ class App:
             try:
                 return await handler(request)
             except APIError as exc:
-                if exc.status != 503:
+                if exc.status != 503 or self.engine is not None:  # not the load-time polling
                     access_log.info("%s %s %d %s", request.method, request.path, exc.status, exc.message)
                 return exc.response()
 
@@ -171,7 +198,8 @@ class App:
     def _log_access(self, request: Request, status: int, started: float, done: Finished | None) -> None:
         elapsed_ms = (time.perf_counter() - started) * 1000
         if done is None:
-            access_log.info("%s %s %d client went away, %.0f ms", request.method, request.path, status, elapsed_ms)
+            what = "client went away" if status == 499 else "failed"
+            access_log.info("%s %s %d %s, %.0f ms", request.method, request.path, status, what, elapsed_ms)
             return
         access_log.info(
             "%s %s %d prompt=%d cached=%d completion=%d %.1f tok/s %.0f ms",

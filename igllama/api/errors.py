@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 
+from igllama.engine import CapacityError, EngineError, EngineUnavailable, InputError, ShuttingDown
 from igllama.http import Response
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 503: "unavailable_error"}
@@ -12,15 +13,47 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_f
 class APIError(Exception):
     """An error a client should see, with the field it is about (`param`)."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.retry_after = retry_after  # seconds, sent as Retry-After (RFC 9110 §10.2.3)
+
+    @property
+    def body(self) -> bytes:
+        return _body(self.status, self.message, self.param, self.code)
 
     def response(self) -> Response:
-        return Response(self.status, _body(self.status, self.message, self.param, self.code))
+        headers = [(b"Retry-After", str(self.retry_after).encode())] if self.retry_after is not None else []
+        return Response(self.status, self.body, headers=headers)
+
+
+# How long a client told to come back (503) should wait, in seconds.
+RETRY_AFTER = 1
+
+
+def from_engine(exc: EngineError, param: str) -> APIError:
+    """The API's answer to an engine error: bad input 400 (about `param`),
+    no capacity or no engine 503 with Retry-After, anything else 500."""
+    if isinstance(exc, InputError):
+        return APIError(400, str(exc), param=param)
+    if isinstance(exc, CapacityError):
+        return APIError(503, str(exc), code="server_busy", retry_after=RETRY_AFTER)
+    if isinstance(exc, ShuttingDown):
+        return APIError(503, str(exc), code="shutting_down", retry_after=RETRY_AFTER)
+    if isinstance(exc, EngineUnavailable):
+        return APIError(503, str(exc), code="engine_unavailable", retry_after=RETRY_AFTER)
+    return APIError(500, f"{exc}; see the server log")
 
 
 def error_body(status: int, message: str) -> bytes:

@@ -85,12 +85,13 @@ class Server:
         """Connections currently open."""
         return len(self._connections)
 
-    async def close(self, grace: float) -> None:
-        """Stop accepting, let responses in flight finish for ``grace`` seconds, then close.
+    async def drain(self, timeout: float) -> bool:
+        """Stop accepting and wait up to ``timeout`` seconds for the connections to close.
 
         Idle connections close at once; a connection with a response in
         flight closes when it is done (its response says ``Connection:
-        close``). Whatever still runs after ``grace`` is cancelled.
+        close``). True when none is left open. Can be called again, to wait
+        some more after the responses were told to end.
         """
         for listener in self._listeners:
             listener.close()
@@ -98,12 +99,20 @@ class Server:
         for connection in connections:
             connection.shutdown()
         waiters = [asyncio.ensure_future(connection.wait_closed()) for connection in connections]
-        if waiters:
-            _, pending = await asyncio.wait(waiters, timeout=grace)
-            for waiter in pending:
-                waiter.cancel()
-            if pending:
-                logger.warning("grace period over: aborting %d connection(s)", len(pending))
+        if not waiters:
+            return True
+        _, pending = await asyncio.wait(waiters, timeout=timeout)
+        for waiter in pending:
+            waiter.cancel()
+        return not pending
+
+    async def close(self, grace: float) -> None:
+        """Stop accepting, let responses in flight finish for ``grace`` seconds, then close.
+
+        Whatever still runs after ``grace`` is cancelled.
+        """
+        if not await self.drain(grace):
+            logger.warning("grace period over: aborting %d connection(s)", len(self._connections))
         for connection in list(self._connections):
             connection.abort()
         for listener in self._listeners:
