@@ -7,6 +7,7 @@ request (`requests`), the engine's events are shaped into OpenAI JSON
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -156,6 +157,9 @@ class App:
             result = await engine.embed(call.inputs)
         except EngineError as exc:
             raise from_engine(exc, "input") from None
+        except asyncio.CancelledError:
+            self._log_access(request, 499, started, None)
+            raise
         body = responses.embeddings(result, call.model or self.settings.model_id, call.base64)
         elapsed_ms = (time.perf_counter() - started) * 1000
         access_log.info(
