@@ -98,9 +98,19 @@ class Watchdog:
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        """Stop watching; callable from any thread."""
+        task, self._task = self._task, None
+        if task is None or task.done() or task.get_loop().is_closed():
+            return
+        loop = task.get_loop()
+        try:
+            same_thread = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            same_thread = False
+        if same_thread:
+            task.cancel()
+        else:
+            loop.call_soon_threadsafe(task.cancel)
 
     async def _watch(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):
