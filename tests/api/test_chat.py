@@ -17,12 +17,14 @@ from tests.api.conftest import (
     sse_payloads,
     user,
 )
+from tests.conftest import late_stop_string
 
 MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
 
 
 def test_completion_has_the_openai_shape(server: ServerProcess) -> None:
-    response = chat(server.url, user("Say hello.", 6))
+    # End-of-generation banned: a reply that ended at once would have no content on any machine.
+    response = chat(server.url, user("Say hello.", 6, logit_bias=NEVER_STOP))
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     body = response.json()
@@ -34,9 +36,9 @@ def test_completion_has_the_openai_shape(server: ServerProcess) -> None:
     assert choice["index"] == 0
     assert choice["message"]["role"] == "assistant"
     assert isinstance(choice["message"]["content"], str) and choice["message"]["content"]
-    assert choice["finish_reason"] in ("stop", "length")
+    assert choice["finish_reason"] == "length"
     usage = body["usage"]
-    assert usage["prompt_tokens"] > 0 and 0 < usage["completion_tokens"] <= 6
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] == 6
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
@@ -111,16 +113,18 @@ def test_max_completion_tokens_is_honoured(server: ServerProcess) -> None:
 def test_stop_string_ends_the_reply_before_it(server: ServerProcess) -> None:
     body = user("Count from 1 to 20.", 16, temperature=0, cache_prompt=False, logit_bias=NEVER_STOP)
     full = chat(server.url, body).json()["choices"][0]["message"]["content"]
-    # A stop string taken from the middle of the greedy reply: the same run
-    # with it must end just before its first occurrence.
-    start = next(i for i in range(len(full) // 3, len(full) - 2) if full.find(full[i:i + 2]) == i)
-    stop = full[start:start + 2]
+    assert full
+    # The stop string comes from this machine's greedy reply, where it first
+    # appears as late as possible: the same run with it must end just before it.
+    start, stop = late_stop_string(full)
     stopped = chat(server.url, {**body, "stop": ["never-appears", stop]}).json()
     assert stopped["choices"][0]["message"]["content"] == full[:start]
+    assert stop not in stopped["choices"][0]["message"]["content"]
     assert stopped["choices"][0]["finish_reason"] == "stop"
 
     streamed = sse_chunks(chat(server.url, {**body, "stop": stop, "stream": True}).content)
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in streamed) == full[:start]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in streamed)
+    assert text == full[:start] and stop not in text
     assert streamed[-1]["choices"][0]["finish_reason"] == "stop"
 
 

@@ -39,7 +39,9 @@ def test_models_list(client: openai.OpenAI) -> None:
 
 
 def test_chat(client: openai.OpenAI) -> None:
-    completion = client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=6, temperature=0)
+    completion = client.chat.completions.create(
+        model="default", messages=MESSAGES, max_tokens=6, temperature=0, logit_bias=NEVER_STOP,
+    )
     assert completion.object == "chat.completion"
     assert completion.model == "default"
     message = completion.choices[0].message
@@ -115,7 +117,9 @@ async def test_async_models_list(async_client: openai.AsyncOpenAI) -> None:
 
 
 async def test_async_chat(async_client: openai.AsyncOpenAI) -> None:
-    completion = await async_client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=4)
+    completion = await async_client.chat.completions.create(
+        model="default", messages=MESSAGES, max_tokens=4, logit_bias=NEVER_STOP,
+    )
     assert completion.choices[0].message.content
     assert completion.usage is not None and completion.usage.completion_tokens <= 4
 

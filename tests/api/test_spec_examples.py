@@ -1,17 +1,20 @@
-"""The specification's curl, Python and JavaScript examples, run as written (only the port changed)."""
+"""The specification's curl, Python and JavaScript examples, run as written (only the port changed),
+and the README's JavaScript example, which replaces the specification's."""
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.api.conftest import ServerProcess, sse_chunks
+from tests.api.conftest import REPO, ServerProcess, sse_chunks
 
 SPEC_PORT = "localhost:8080"
 
@@ -72,6 +75,13 @@ while (true) {
   }
 }
 """
+
+
+def readme_block(language: str) -> str:
+    """The first fenced code block of `language` in README.md."""
+    match = re.search(rf"^```{language}\n(.*?)^```$", (REPO / "README.md").read_text(), re.DOTALL | re.MULTILINE)
+    assert match, f"README.md has no {language} block"
+    return match.group(1)
 
 
 def on(server: ServerProcess, example: str) -> str:
@@ -160,3 +170,37 @@ def test_javascript_streaming_example(server: ServerProcess, tmp_path: Path) -> 
     assert lines[0] == ""  # the role chunk's empty content
     assert lines[-1] == "undefined"  # the finish chunk's empty delta
     assert "".join(lines[1:-1])
+
+
+# A fetch whose body arrives one byte per read: every line, and the emoji's
+# four UTF-8 bytes, are split across reads.
+BYTE_BY_BYTE_FETCH = """\
+globalThis.fetch = async () => new Response(new ReadableStream({
+  start(controller) {
+    for (const byte of new TextEncoder().encode(BODY)) controller.enqueue(new Uint8Array([byte]));
+    controller.close();
+  }
+}));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_readme_javascript_example_prints_only_content(server: ServerProcess, tmp_path: Path) -> None:
+    script = tmp_path / "readme.mjs"
+    script.write_text(on(server, readme_block("javascript")))
+    printed = run_script(["node"], script)
+    assert "undefined" not in printed.splitlines()
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_readme_javascript_example_joins_lines_split_across_reads(tmp_path: Path) -> None:
+    pieces = ["Hel", "lo \U0001f999", "\n\nBye"]
+    deltas = [{"role": "assistant", "content": ""}, *({"content": p} for p in pieces), {}]
+    chunks: list[dict[str, Any]] = [
+        {"choices": [{"index": 0, "delta": d, "finish_reason": None if d else "stop"}]} for d in deltas
+    ]
+    chunks.append({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}})
+    body = "".join(f"data: {json.dumps(c, ensure_ascii=False)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    script = tmp_path / "readme.mjs"
+    script.write_text(BYTE_BY_BYTE_FETCH.replace("BODY", json.dumps(body)) + readme_block("javascript"))
+    assert run_script(["node"], script) == "".join(f"{p}\n" for p in pieces)

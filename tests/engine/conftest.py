@@ -17,6 +17,12 @@ from igllama.engine import (
 from igllama.engine.model import Model
 
 GREEDY = SamplingParams(temperature=0.0)
+# Greedy with Gemma 3's end-of-generation tokens (<eos>, <end_of_turn>, </s>)
+# banned: the reply runs to max_tokens, whatever text this machine's kernels
+# produce (llama.cpp picks them by CPU, so greedy text differs between machines).
+NEVER_STOP = SamplingParams(
+    temperature=0.0, logit_bias=tuple((token, float("-inf")) for token in (1, 106, 212))
+)
 
 
 @pytest.fixture(scope="module")

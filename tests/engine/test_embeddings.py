@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from igllama.engine import EmbeddingInputError, Engine, TextDelta
-from tests.engine.conftest import ask
+from tests.engine.conftest import NEVER_STOP, ask
 
 
 async def test_vectors_are_unit_length_and_meaningful(engine: Engine) -> None:
@@ -44,7 +44,7 @@ async def test_bad_inputs_are_refused(engine: Engine) -> None:
 async def test_embeddings_interleave_with_generation(engine: Engine) -> None:
     async def chat() -> int:
         n = 0
-        async for event in engine.generate(ask("Tell me a story.", max_tokens=30)):
+        async for event in engine.generate(ask("Tell me a story.", max_tokens=30, sampling=NEVER_STOP)):
             n += isinstance(event, TextDelta)
         return n
 

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 
 from igllama.engine import Engine, PromptTooLongError, SamplingParams, TextDelta
-from tests.engine.conftest import ask, run
+from tests.conftest import late_stop_string
+from tests.engine.conftest import NEVER_STOP, ask, run
 
 PROMPT = "Write a short poem about the sea."
 OTHERS = ["What is the capital of France?", "Name three colors.", "Tell me about the moon."]
 
 
 async def test_greedy_output_is_deterministic(engine: Engine) -> None:
+    # Plain greedy (the argmax path), so the end-of-generation tokens cannot be
+    # banned: the reply may end before max_tokens on some machine.
     first, done = await run(engine, ask(PROMPT, cache_prompt=False))
-    second, _ = await run(engine, ask(PROMPT, cache_prompt=False))
-    assert "".join(first).strip()
+    second, done_again = await run(engine, ask(PROMPT, cache_prompt=False))
+    assert first, "the greedy reply was empty"
     assert "".join(first) == "".join(second)
-    assert done.finish_reason == "length"
-    assert done.completion_tokens == 24
+    assert (done_again.finish_reason, done_again.completion_tokens) == (done.finish_reason, done.completion_tokens)
+    assert done.finish_reason == ("length" if done.completion_tokens == 24 else "stop")
     assert done.prompt_tokens > 5
     # Served from the prefix cache, the same request is just as repeatable.
     cached = [await run(engine, ask(PROMPT)) for _ in range(2)]
@@ -39,10 +43,9 @@ async def test_output_alone_equals_output_beside_three_others(engine: Engine) ->
 
 async def test_eight_requests_on_four_slots_all_complete(engine: Engine) -> None:
     prompts = [f"Count from {i} to {i + 5}." for i in range(8)]
-    results = await asyncio.gather(*(run(engine, ask(p, max_tokens=12)) for p in prompts))
+    results = await asyncio.gather(*(run(engine, ask(p, max_tokens=12, sampling=NEVER_STOP)) for p in prompts))
     for deltas, done in results:
-        assert done.completion_tokens > 0
-        assert done.finish_reason in ("stop", "length")
+        assert (done.finish_reason, done.completion_tokens) == ("length", 12)
         assert "".join(deltas)
 
 
@@ -64,15 +67,16 @@ async def test_cancelling_frees_the_slot_within_a_step(model_path: str) -> None:
 
     engine = Engine(EngineConfig(ModelConfig(model_path), n_ctx=512, n_batch=128, n_slots=1))
     try:
-        stream = engine.generate(ask(PROMPT, max_tokens=400))
+        stream = engine.generate(ask(PROMPT, max_tokens=400, sampling=NEVER_STOP))
         async for event in stream:
             if isinstance(event, TextDelta) and engine.steps >= 3:
                 break
         await stream.aclose()
         steps_at_cancel = engine.steps
         # The only slot is free again: the next request starts and finishes at once.
-        _, done = await asyncio.wait_for(run(engine, ask(OTHERS[0], max_tokens=4)), timeout=30)
-        assert done.completion_tokens >= 1
+        next_request = ask(OTHERS[0], max_tokens=4, sampling=NEVER_STOP)
+        _, done = await asyncio.wait_for(run(engine, next_request), timeout=30)
+        assert done.completion_tokens == 4
         assert engine.steps - steps_at_cancel <= 1 + 4 + 1  # at most one more step for the cancelled one
         assert not engine.scheduler.running
     finally:
@@ -80,21 +84,21 @@ async def test_cancelling_frees_the_slot_within_a_step(model_path: str) -> None:
 
 
 async def test_stop_string_across_token_boundaries(engine: Engine) -> None:
-    deltas, _ = await run(engine, ask(PROMPT, max_tokens=32))
+    request = ask(PROMPT, max_tokens=32, sampling=NEVER_STOP, cache_prompt=False)
+    deltas, _ = await run(engine, request)
     text = "".join(deltas)
-    # A stop string made of the end of one delta and the start of the next.
-    k = next(i for i in range(1, len(deltas)) if len(deltas[i - 1].strip()) >= 2 and deltas[i].strip())
-    boundary = sum(len(d) for d in deltas[:k])
-    stop = text[boundary - 2 : boundary + 2]
-    cut, done = await run(engine, ask(PROMPT, max_tokens=32, stop=(stop,)))
-    expected = text[: text.find(stop)]
-    assert "".join(cut) == expected
+    # A stop string that crosses from one delta into the next where it first
+    # appears, taken from this machine's reply as late as it can be.
+    boundaries = [sum(len(d) for d in deltas[:k]) for k in range(1, len(deltas))]
+    start, stop = late_stop_string(text, max_len=len(text), straddling=boundaries)
+    cut, done = await run(engine, replace(request, stop=(stop,)))
+    assert "".join(cut) == text[:start]
     assert stop not in "".join(cut)
     assert done.finish_reason == "stop"
 
 
 async def test_max_tokens_gives_length_and_eog_gives_stop(engine: Engine) -> None:
-    _, done = await run(engine, ask("Hi", max_tokens=3))
+    _, done = await run(engine, ask("Hi", max_tokens=3, sampling=NEVER_STOP))
     assert (done.finish_reason, done.completion_tokens) == ("length", 3)
     # Ban nothing, but make the end-of-turn token overwhelmingly likely: the reply stops at once.
     end_of_turn = engine.model.tokenize("<end_of_turn>", add_special=False)[0]
@@ -105,21 +109,33 @@ async def test_max_tokens_gives_length_and_eog_gives_stop(engine: Engine) -> Non
 
 async def test_plain_greedy_picks_what_llama_cpps_greedy_sampler_picks(engine: Engine) -> None:
     # Plain greedy takes an argmax in numpy; a neutral bias sends the same
-    # request through llama.cpp's sampler chain instead. The replies must agree.
-    argmax, _ = await run(engine, ask(PROMPT, max_tokens=48, cache_prompt=False))
+    # request through llama.cpp's sampler chain instead. The replies must agree,
+    # down to where they end (plain greedy cannot ban end-of-generation tokens,
+    # so that is the model's choice).
+    argmax, argmax_done = await run(engine, ask(PROMPT, max_tokens=48, cache_prompt=False))
     unused = engine.model.tokenize("lighthouse", add_special=False)[0]
     chain = SamplingParams(temperature=0.0, logit_bias=((unused, 0.0),))
-    sampled, _ = await run(engine, ask(PROMPT, max_tokens=48, cache_prompt=False, sampling=chain))
-    assert len(argmax) > 20
+    sampled, sampled_done = await run(engine, ask(PROMPT, max_tokens=48, cache_prompt=False, sampling=chain))
+    assert argmax, "the greedy reply was empty"
     assert "".join(argmax) == "".join(sampled)
+    assert (argmax_done.finish_reason, argmax_done.completion_tokens) == (
+        sampled_done.finish_reason, sampled_done.completion_tokens
+    )
 
 
 async def test_logit_bias_and_seeded_sampling(engine: Engine) -> None:
-    greedy, _ = await run(engine, ask(PROMPT, max_tokens=8))
-    first_token = engine.model.tokenize(greedy[0], add_special=False)[0]
-    banned = SamplingParams(temperature=0.0, logit_bias=((first_token, float("-inf")),))
-    biased, _ = await run(engine, ask(PROMPT, max_tokens=8, sampling=banned))
-    assert biased[0] != greedy[0]
+    greedy, _ = await run(engine, ask(PROMPT, max_tokens=16, sampling=NEVER_STOP, cache_prompt=False))
+    # Ban the token behind one delta of this machine's reply: the first whose
+    # text is a single token (a delta's text may tokenize to other tokens
+    # than the one the model chose).
+    k, token = next(
+        (k, tokens[0]) for k, delta in enumerate(greedy)
+        if len(tokens := engine.model.tokenize(delta, add_special=False, parse_special=False)) == 1
+    )
+    banned = replace(NEVER_STOP, logit_bias=(*NEVER_STOP.logit_bias, (token, float("-inf"))))
+    biased, _ = await run(engine, ask(PROMPT, max_tokens=16, sampling=banned, cache_prompt=False))
+    assert biased[:k] == greedy[:k]
+    assert biased[k] != greedy[k]
     hot = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=1234)
     a, _ = await run(engine, ask(PROMPT, max_tokens=16, sampling=hot))
     b, _ = await run(engine, ask(PROMPT, max_tokens=16, sampling=hot))
@@ -140,11 +156,11 @@ async def test_filling_the_context_ends_with_length(model_path: str) -> None:
     engine = Engine(EngineConfig(ModelConfig(model_path), n_ctx=256, n_batch=128, n_slots=2))
     try:
         prompt = "Repeat after me: " + "la " * 150
-        _, done = await run(engine, ask(prompt, max_tokens=1000))
+        _, done = await run(engine, ask(prompt, max_tokens=1000, sampling=NEVER_STOP))
         assert done.finish_reason == "length"
         assert done.prompt_tokens + done.completion_tokens <= engine.n_ctx + 1
         # The engine is still healthy afterwards.
-        _, after = await run(engine, ask("Hi", max_tokens=2))
+        _, after = await run(engine, ask("Hi", max_tokens=2, sampling=NEVER_STOP))
         assert after.completion_tokens == 2
     finally:
         engine.close()
@@ -152,7 +168,7 @@ async def test_filling_the_context_ends_with_length(model_path: str) -> None:
 
 async def test_timings_are_reported(engine: Engine) -> None:
     start = time.perf_counter()
-    _, done = await run(engine, ask(OTHERS[1] + " Quickly.", max_tokens=16))
+    _, done = await run(engine, ask(OTHERS[1] + " Quickly.", max_tokens=16, sampling=NEVER_STOP))
     wall_ms = (time.perf_counter() - start) * 1000
     assert 0 < done.prefill_ms < wall_ms
     assert 0 < done.generation_ms < wall_ms

@@ -10,7 +10,7 @@ import pytest
 
 from igllama.engine import Engine, EngineConfig, ModelConfig, ModelLoadError
 from igllama.engine.model import Model, model_params
-from tests.engine.conftest import ask, run
+from tests.engine.conftest import NEVER_STOP, ask, run
 
 
 def test_load_parameters_reach_real_fields() -> None:
@@ -44,7 +44,7 @@ def test_progress_is_reported_up_to_one(model_path: str) -> None:
 def test_all_gpu_layers_is_accepted_on_a_cpu_build(model_path: str) -> None:
     engine = Engine(EngineConfig(ModelConfig(model_path, n_gpu_layers=-1), n_ctx=256, n_slots=1))
     try:
-        _, done = asyncio.run(run(engine, ask("Hi", max_tokens=2)))
+        _, done = asyncio.run(run(engine, ask("Hi", max_tokens=2, sampling=NEVER_STOP)))
         assert done.completion_tokens == 2
     finally:
         engine.close()
