@@ -32,6 +32,7 @@ class GenerationStream:
         self.events: asyncio.Queue[Any] = asyncio.Queue()
         self.sequence: Sequence | None = None
         self.last_progress = time.monotonic()
+        self.progress_mark = (0, 0)  # the (prompt tokens fed, tokens generated) the watchdog saw last
         self._inbox = inbox
         self._on_end = on_end
         self._ended = False
@@ -83,8 +84,10 @@ class Watchdog:
 
     `health` names what is wrong with the engine (None when it serves). A
     queued request may wait as long as the engine is healthy, since the queue
-    moves; an admitted one that produces nothing for `bound` seconds is
-    failed.
+    moves; an admitted one that neither prefills nor generates a token for
+    `bound` seconds is failed. (The counters are read from the engine
+    thread's sequence: plain int reads, and a stale one only delays a
+    verdict by one interval.)
     """
 
     def __init__(self, streams: set[GenerationStream], health: Callable[[], str | None], bound: float) -> None:
@@ -126,6 +129,9 @@ class Watchdog:
             if problem is not None:
                 stream.fail(EngineUnavailable(problem))
             elif seq is None or seq.status is Status.WAITING:
+                stream.last_progress = now
+            elif (mark := (seq.n_fed, seq.n_generated)) != stream.progress_mark:
+                stream.progress_mark = mark  # a long prompt's prefill sends no event, but moves
                 stream.last_progress = now
             elif now - stream.last_progress > self.bound:
                 stream.fail(EngineFailure(f"the request made no progress for {self.bound:.0f} s"))
