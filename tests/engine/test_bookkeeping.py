@@ -163,6 +163,24 @@ class Client:
         return any(isinstance(e, (Finished, EngineError)) for e in self.events)
 
 
+def new_request(clients: list[Client], prompt: list[int], max_tokens: int, sampler: Any,
+                reuse_cache: bool = True) -> Sequence:
+    seq = Sequence(len(clients), prompt, max_tokens, sampler, TextPipeline((), False), None, reuse_cache)
+    client = Client(seq)
+    seq.sink = client
+    clients.append(client)
+    return seq
+
+
+def serve_alone(worker: Worker, memory: FakeMemory, clients: list[Client], seq: Sequence) -> Any:
+    """Submit `seq` and step until nothing is left; its last event."""
+    worker.inbox.put(("submit", seq))
+    while worker.scheduler.has_work or not worker.inbox.empty():
+        worker.run_once(block=False)
+        check_invariants(worker, memory, clients)
+    return clients[seq.id].events[-1]
+
+
 def make_worker(rng: random.Random, n_slots: int, n_ctx: int, n_swa: int, cache_bytes: int) -> tuple[Worker, FakeMemory]:
     memory = FakeMemory(rng, n_ctx, n_swa)
     scheduler = Scheduler(n_slots, n_ctx, 16, n_swa, memory, PromptCache(cache_bytes))
@@ -180,11 +198,7 @@ def submit(worker: Worker, rng: random.Random, prompts: list[list[int]], clients
     # The engine refuses prompts that cannot fit before they reach the worker.
     prompt = prompt[: worker.scheduler.n_ctx - 2]
     prompts.append(prompt)
-    seq = Sequence(len(clients), prompt, rng.randint(1, 12), FakeSampler(rng), TextPipeline((), False), None,
-                   reuse_cache=rng.random() < 0.9)
-    client = Client(seq)
-    seq.sink = client
-    clients.append(client)
+    seq = new_request(clients, prompt, rng.randint(1, 12), FakeSampler(rng), reuse_cache=rng.random() < 0.9)
     worker.inbox.put(("submit", seq))
 
 
@@ -263,17 +277,10 @@ def test_an_entry_found_for_admission_survives_the_parking_that_follows() -> Non
     p1, p2 = list(range(1, 31)), list(range(40, 70))
     worker, memory = make_worker(rng, n_slots=2, n_ctx=128, n_swa=0, cache_bytes=BYTES_PER_CELL * 45)
     clients: list[Client] = []
-    for prompt in (p1, p2, p1):
-        seq = Sequence(len(clients), prompt, 2, FakeSampler(rng), TextPipeline((), False), None)
-        client = Client(seq)
-        seq.sink = client
-        clients.append(client)
-        worker.inbox.put(("submit", seq))
-        while worker.scheduler.has_work or not worker.inbox.empty():
-            worker.run_once(block=False)
-            check_invariants(worker, memory, clients)
-    assert all(isinstance(c.events[-1], Finished) for c in clients), [c.events[-1] for c in clients]
-    assert clients[2].events[-1].cached_tokens == len(p1) - 1
+    ends = [serve_alone(worker, memory, clients, new_request(clients, prompt, 2, FakeSampler(rng)))
+            for prompt in (p1, p2, p1)]
+    assert all(isinstance(end, Finished) for end in ends), ends
+    assert ends[2].cached_tokens == len(p1) - 1
 
 
 def test_a_long_state_comes_back_for_the_same_prompt_and_for_its_continuation() -> None:
@@ -287,17 +294,11 @@ def test_a_long_state_comes_back_for_the_same_prompt_and_for_its_continuation() 
     clients: list[Client] = []
 
     def run(prompt: list[int]) -> Finished:
-        seq = Sequence(len(clients), prompt, 4, FakeSampler(rng), TextPipeline((), False), None)
-        seq.sampler.sample = lambda ctx, index: 1  # type: ignore[method-assign]
-        client = Client(seq)
-        seq.sink = client
-        clients.append(client)
-        worker.inbox.put(("submit", seq))
-        while worker.scheduler.has_work or not worker.inbox.empty():
-            worker.run_once(block=False)
-            check_invariants(worker, memory, clients)
-        assert isinstance(client.events[-1], Finished)
-        return client.events[-1]
+        sampler = FakeSampler(rng)
+        sampler.sample = lambda ctx, index: 1  # type: ignore[method-assign]
+        end = serve_alone(worker, memory, clients, new_request(clients, prompt, 4, sampler))
+        assert isinstance(end, Finished)
+        return end
 
     run(long_prompt)
     run([50, 51, 52])  # takes the only slot: the long conversation is parked
