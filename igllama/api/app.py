@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from igllama.api import responses
 from igllama.api.errors import RETRY_AFTER, APIError, from_engine
 from igllama.api.requests import ChatCall, Defaults, parse_chat, parse_embeddings, parse_json
-from igllama.engine import Engine, EngineError, Finished, GenerationStream, TextDelta
+from igllama.engine import Engine, EngineError, Finished, GenerationStream, TextDelta, TokenLogprob
 from igllama.http import EventStream, Request, Response, Router
 
 access_log = logging.getLogger("igllama.access")
@@ -92,12 +92,15 @@ class App:
         if call.stream:
             return EventStream(self._stream(stream, call, model, request, started))
         parts: list[str] = []
+        token_logprobs: list[TokenLogprob] | None = [] if call.request.logprobs is not None else None
         done: Finished | None = None
         status = 499  # unless the loop below ends otherwise: the client went away
         try:
             async for event in stream:
                 if isinstance(event, TextDelta):
                     parts.append(event.text)
+                    if token_logprobs is not None:
+                        token_logprobs.extend(event.logprobs)
                 else:
                     done = event
             status = 200
@@ -112,7 +115,9 @@ class App:
         if done is None:
             raise RuntimeError("the engine ended a completion without its final event")
         self._log_access(request, 200, started, done)
-        body = responses.chat_completion(responses.completion_id(), responses.now(), model, "".join(parts), done)
+        body = responses.chat_completion(
+            responses.completion_id(), responses.now(), model, "".join(parts), done, token_logprobs
+        )
         return Response.json(200, body)
 
     async def _stream(
@@ -125,7 +130,7 @@ class App:
             yield chunks.role()
             async for event in stream:
                 if isinstance(event, TextDelta):
-                    yield chunks.content(event.text)
+                    yield chunks.content(event.text, event.logprobs)
                 else:
                     done = event
             if done is not None:

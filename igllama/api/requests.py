@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from igllama.api.errors import APIError
-from igllama.engine import ChatMessage, CompletionRequest, SamplingParams
+from igllama.engine import MAX_TOP_LOGPROBS, ChatMessage, CompletionRequest, SamplingParams
 
 ROLES = ("system", "user", "assistant", "developer")
 MAX_STOP_STRINGS = 16
@@ -88,8 +88,18 @@ def parse_chat(data: dict[str, Any], defaults: Defaults) -> ChatCall:
         stop=_stop(data.get("stop")),
         no_think=_no_think(data.get("chat_template_kwargs")),
         cache_prompt=_boolean(data, "cache_prompt", True),
+        logprobs=_logprobs(data),
     )
     return ChatCall(request, stream, include_usage and stream, _model(data))
+
+
+def _logprobs(data: dict[str, Any]) -> int | None:
+    """None when not asked, else how many of the most likely tokens to list (OpenAI's rules)."""
+    wanted = _boolean(data, "logprobs", False)
+    n_top = _integer(data, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
+    if n_top is not None and not wanted:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    return (n_top or 0) if wanted else None
 
 
 def parse_embeddings(data: dict[str, Any]) -> EmbeddingCall:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from igllama.engine import EmbeddingResult, Finished
+from igllama.engine import EmbeddingResult, Finished, TokenLogprob
 
 
 def completion_id() -> str:
@@ -42,7 +42,31 @@ def timings(done: Finished) -> dict[str, Any]:
     }
 
 
-def chat_completion(cid: str, created: int, model: str, text: str, done: Finished) -> dict[str, Any]:
+def logprobs(entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    """OpenAI's `logprobs` object of a choice (or of a chunk's delta)."""
+    return {
+        "content": [
+            {
+                "token": entry.piece.decode("utf-8", errors="replace"),
+                "logprob": entry.logprob,
+                "bytes": list(entry.piece),
+                "top_logprobs": [
+                    {"token": top.piece.decode("utf-8", errors="replace"), "logprob": top.logprob,
+                     "bytes": list(top.piece)}
+                    for top in entry.top
+                ],
+            }
+            for entry in entries
+        ],
+        "refusal": None,
+    }
+
+
+def chat_completion(
+    cid: str, created: int, model: str, text: str, done: Finished,
+    token_logprobs: list[TokenLogprob] | None = None,
+) -> dict[str, Any]:
+    """A whole reply; `token_logprobs` None when the request did not ask for them."""
     return {
         "id": cid,
         "object": "chat.completion",
@@ -52,7 +76,7 @@ def chat_completion(cid: str, created: int, model: str, text: str, done: Finishe
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": None,
+                "logprobs": None if token_logprobs is None else logprobs(token_logprobs),
                 "finish_reason": done.finish_reason,
             }
         ],
@@ -74,7 +98,10 @@ class ChunkWriter:
     def role(self) -> bytes:
         return self._head + b'{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}'
 
-    def content(self, text: str) -> bytes:
+    def content(self, text: str, token_logprobs: tuple[TokenLogprob, ...] = ()) -> bytes:
+        if token_logprobs:
+            return (self._head + b'{"content":' + orjson.dumps(text) + b'},"logprobs":'
+                    + orjson.dumps(logprobs(token_logprobs)) + b',"finish_reason":null}]}')
         return self._head + b'{"content":' + orjson.dumps(text) + b'},"logprobs":null,"finish_reason":null}]}'
 
     def finish(self, done: Finished) -> bytes:

@@ -10,6 +10,7 @@ from igllama.engine.errors import (
     InputError,
     ShuttingDown,
 )
+from igllama.engine.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 from igllama.engine.model import ModelConfig, ModelLoadError
 from igllama.engine.runner import default_threads
 from igllama.engine.sampling import SamplingParams
@@ -18,6 +19,7 @@ from igllama.engine.stream import GenerationStream
 from igllama.engine.template import ChatMessage, TemplateError
 
 __all__ = [
+    "MAX_TOP_LOGPROBS",
     "CapacityError",
     "ChatMessage",
     "CompletionRequest",
@@ -38,5 +40,6 @@ __all__ = [
     "ShuttingDown",
     "TemplateError",
     "TextDelta",
+    "TokenLogprob",
     "default_threads",
 ]

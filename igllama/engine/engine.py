@@ -160,6 +160,7 @@ class Engine:
             TextPipeline(request.stop, strip_think=self.no_think(request)),
             stream.deliver,
             request.cache_prompt,
+            request.logprobs,
         )
         stream.sequence = seq
         self._streams.add(stream)

@@ -24,6 +24,7 @@ from typing import Any
 
 from igllama.engine.embeddings import Embedder, EmbeddingJob
 from igllama.engine.errors import CapacityError, EngineError, EngineFailure, EngineUnavailable
+from igllama.engine.logprobs import token_logprob
 from igllama.engine.model import Model
 from igllama.engine.runner import DecodeError, Runner
 from igllama.engine.scheduler import BatchItem, Scheduler
@@ -178,6 +179,10 @@ class Worker:
         for seq, index in outputs:
             try:
                 token = seq.sampler.sample(runner.ctx, index)
+                if seq.n_logprobs is not None and not self.model.is_eog(token):
+                    entry = token_logprob(runner.ctx, index, self.model.n_vocab, token, seq.n_logprobs, self.model.piece)
+                    seq.pending_logprobs.append((seq.n_bytes_generated, entry))
+                    seq.n_bytes_generated += len(entry.piece)
                 if seq.status is Status.PREFILLING:
                     seq.status = Status.DECODING
                     seq.t_first_token = now
@@ -194,7 +199,7 @@ class Worker:
         seq.n_generated += 1
         text = seq.text.feed(model.piece(token))
         if text:
-            self._outbox.append((seq.sink, TextDelta(text)))
+            self._outbox.append((seq.sink, self._delta(seq, text)))
         if seq.text.stopped:
             self._finish(seq, "stop")
         elif seq.n_generated >= seq.max_tokens:
@@ -231,10 +236,34 @@ class Worker:
 
     # -- ending requests: every path goes through _end
 
+    @staticmethod
+    def _delta(seq: Sequence, text: str) -> TextDelta:
+        """`text`, with the log-probabilities of the tokens whose first byte it releases.
+
+        Text is held back (a possible stop string, half a character), so a
+        token's entry goes out with the delta that shows its text; the tokens
+        of a stop string are never shown, and their entries never sent."""
+        if seq.n_logprobs is None:
+            return TextDelta(text)
+        seq.n_bytes_released += len(text.encode())
+        pending = seq.pending_logprobs
+        n = 0
+        while n < len(pending) and pending[n][0] < seq.n_bytes_released:
+            n += 1
+        if n == 0:
+            return TextDelta(text)
+        released = tuple(entry for _, entry in pending[:n])
+        del pending[:n]
+        return TextDelta(text, released)
+
     def _finish(self, seq: Sequence, finish_reason: str) -> None:
         tail = seq.text.flush()
         if tail:
-            self._outbox.append((seq.sink, TextDelta(tail)))
+            self._outbox.append((seq.sink, self._delta(seq, tail)))
+        if seq.pending_logprobs and not seq.text.stopped:
+            # Tokens that render as nothing at the very end (the rest went out with their text).
+            self._outbox.append((seq.sink, TextDelta("", tuple(entry for _, entry in seq.pending_logprobs))))
+            seq.pending_logprobs.clear()
         self._outbox.append((seq.sink, seq.finished_event(finish_reason, time.perf_counter())))
         self._end(seq)
 
