@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from igllama.api import responses
 from igllama.api.errors import RETRY_AFTER, APIError, from_engine
 from igllama.api.requests import ChatCall, Defaults, parse_chat, parse_embeddings, parse_json
+from igllama.api.tools import delta_calls, reply_calls
 from igllama.engine import Engine, EngineError, Finished, GenerationStream, TextDelta, TokenLogprob
 from igllama.http import EventStream, Request, Response, Router
 
@@ -115,8 +116,9 @@ class App:
         if done is None:
             raise RuntimeError("the engine ended a completion without its final event")
         self._log_access(request, 200, started, done)
+        calls = reply_calls(done.tool_calls, call.parallel_tool_calls)
         body = responses.chat_completion(
-            responses.completion_id(), responses.now(), model, "".join(parts), done, token_logprobs
+            responses.completion_id(), responses.now(), model, "".join(parts), done, token_logprobs, calls
         )
         return Response.json(200, body)
 
@@ -134,6 +136,8 @@ class App:
                 else:
                     done = event
             if done is not None:
+                if done.tool_calls:
+                    yield chunks.tool_calls(delta_calls(reply_calls(done.tool_calls, call.parallel_tool_calls)))
                 yield chunks.finish(done)
                 if call.include_usage:
                     yield chunks.usage(done)

@@ -46,7 +46,7 @@ def from_engine(exc: EngineError, param: str) -> APIError:
     """The API's answer to an engine error: bad input 400 (about `param`),
     no capacity or no engine 503 with Retry-After, anything else 500."""
     if isinstance(exc, InputError):
-        return APIError(400, str(exc), param=param)
+        return APIError(400, str(exc), param=getattr(exc, "param", None) or param)
     if isinstance(exc, CapacityError):
         return APIError(503, str(exc), code="server_busy", retry_after=RETRY_AFTER)
     if isinstance(exc, ShuttingDown):

@@ -13,9 +13,10 @@ from typing import Any
 import orjson
 
 from igllama.api.errors import APIError
+from igllama.api.tools import message_tool_calls, parse_tools
 from igllama.engine import MAX_TOP_LOGPROBS, ChatMessage, CompletionRequest, SamplingParams
 
-ROLES = ("system", "user", "assistant", "developer")
+ROLES = ("system", "user", "assistant", "developer", "tool")
 MAX_STOP_STRINGS = 16
 INT32_MAX = 2**31 - 1  # llama.cpp takes top_k as int32_t: a larger value would wrap
 
@@ -35,6 +36,7 @@ class ChatCall:
     stream: bool
     include_usage: bool
     model: str | None
+    parallel_tool_calls: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
 def parse_chat(data: dict[str, Any], defaults: Defaults) -> ChatCall:
     messages = _messages(data.get("messages"))
+    tools, tool_choice = parse_tools(data)
     n = _integer(data, "n", 1, 1)
     if n != 1:
         raise APIError(400, f"n must be 1: this server returns one choice, not {n}", param="n")
@@ -89,8 +92,11 @@ def parse_chat(data: dict[str, Any], defaults: Defaults) -> ChatCall:
         no_think=_no_think(data.get("chat_template_kwargs")),
         cache_prompt=_boolean(data, "cache_prompt", True),
         logprobs=_logprobs(data),
+        tools=tools,
+        tool_choice=tool_choice,
     )
-    return ChatCall(request, stream, include_usage and stream, _model(data))
+    parallel = _boolean(data, "parallel_tool_calls", True)
+    return ChatCall(request, stream, include_usage and stream, _model(data), parallel)
 
 
 def _logprobs(data: dict[str, Any]) -> int | None:
@@ -141,7 +147,14 @@ def _messages(raw: Any) -> tuple[ChatMessage, ...]:
         role = item.get("role")
         if role not in ROLES:
             raise APIError(400, f"{where}.role must be one of {', '.join(ROLES)}, not {role!r}", param=f"{where}.role")
-        messages.append(ChatMessage("system" if role == "developer" else role, _content(item, where, role)))
+        calls = message_tool_calls(item, where) if role == "assistant" else ()
+        call_id = ""
+        if role == "tool":
+            call_id = item.get("tool_call_id") or ""
+            if not isinstance(call_id, str):
+                raise APIError(400, f"{where}.tool_call_id must be a string", param=f"{where}.tool_call_id")
+        role = "system" if role == "developer" else role
+        messages.append(ChatMessage(role, _content(item, where, role), calls, call_id))
     return tuple(messages)
 
 

@@ -65,8 +65,12 @@ def logprobs(entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str
 def chat_completion(
     cid: str, created: int, model: str, text: str, done: Finished,
     token_logprobs: list[TokenLogprob] | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A whole reply; `token_logprobs` None when the request did not ask for them."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message = {"role": "assistant", "content": text or None, "tool_calls": tool_calls}
     return {
         "id": cid,
         "object": "chat.completion",
@@ -75,7 +79,7 @@ def chat_completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "logprobs": None if token_logprobs is None else logprobs(token_logprobs),
                 "finish_reason": done.finish_reason,
             }
@@ -103,6 +107,9 @@ class ChunkWriter:
             return (self._head + b'{"content":' + orjson.dumps(text) + b'},"logprobs":'
                     + orjson.dumps(logprobs(token_logprobs)) + b',"finish_reason":null}]}')
         return self._head + b'{"content":' + orjson.dumps(text) + b'},"logprobs":null,"finish_reason":null}]}'
+
+    def tool_calls(self, calls: list[dict[str, Any]]) -> bytes:
+        return self._head + b'{"tool_calls":' + orjson.dumps(calls) + b'},"logprobs":null,"finish_reason":null}]}'
 
     def finish(self, done: Finished) -> bytes:
         return self._head + b'{},"logprobs":null,"finish_reason":' + orjson.dumps(done.finish_reason) + b"}]}"

@@ -17,6 +17,8 @@ from igllama.engine.sampling import SamplingParams
 from igllama.engine.sequence import CompletionRequest, Finished, TextDelta
 from igllama.engine.stream import GenerationStream
 from igllama.engine.template import ChatMessage, TemplateError
+from igllama.engine.tool_calls import ToolCall
+from igllama.engine.tools import ToolChoice, ToolSpec
 
 __all__ = [
     "MAX_TOP_LOGPROBS",
@@ -41,5 +43,8 @@ __all__ = [
     "TemplateError",
     "TextDelta",
     "TokenLogprob",
+    "ToolCall",
+    "ToolChoice",
+    "ToolSpec",
     "default_threads",
 ]

@@ -18,15 +18,16 @@ import itertools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from igllama.engine.embeddings import Embedder, EmbeddingJob, EmbeddingResult
 from igllama.engine.errors import CapacityError, EngineUnavailable, InputError
+from igllama.engine.grammar import forced_call_grammar
 from igllama.engine.model import Model, ModelConfig, ModelLoadError
 from igllama.engine.prompt_cache import PromptCache
 from igllama.engine.runner import ContextConfig, Runner, default_threads
-from igllama.engine.sampling import Sampler
+from igllama.engine.sampling import Sampler, SamplingParams
 from igllama.engine.scheduler import Scheduler
 from igllama.engine.sequence import CompletionRequest, Finished, Sequence, TextDelta
 from igllama.engine.stream import GenerationStream, Watchdog
@@ -156,8 +157,13 @@ class Engine:
             next(self._ids),
             prompt,
             request.max_tokens,
-            Sampler(request.sampling, self.model.n_vocab, prompt),
-            TextPipeline(request.stop, strip_think=self.no_think(request)),
+            Sampler(self._sampling(request), self.model.n_vocab, prompt, self.model.vocab),
+            TextPipeline(
+                request.stop,
+                strip_think=self.no_think(request),
+                tools=[tool.name for tool in request.offered_tools],
+                opening=request.tool_choice.forced_opening() if request.offered_tools else "",
+            ),
             stream.deliver,
             request.cache_prompt,
             request.logprobs,
@@ -178,13 +184,26 @@ class Engine:
 
     def prompt_tokens(self, request: CompletionRequest) -> list[int]:
         """The tokenized prompt for `request`; refuses one that cannot fit."""
-        text = self.template.render(request.messages, no_think=self.no_think(request))
+        tools = request.offered_tools
+        text = self.template.render(
+            request.messages,
+            no_think=self.no_think(request),
+            tools=tools,
+            opening=request.tool_choice.forced_opening() if tools else "",
+        )
         tokens = self.model.tokenize_prompt(text)
         if not tokens:
             raise TemplateError("the chat template rendered an empty prompt")
         if len(tokens) >= self.n_ctx:
             raise PromptTooLongError(len(tokens), self.n_ctx)
         return tokens
+
+    def _sampling(self, request: CompletionRequest) -> SamplingParams:
+        """The request's sampling, with the grammar that a forced tool call follows."""
+        tools, choice = request.offered_tools, request.tool_choice
+        if tools and choice.forced_opening():
+            return replace(request.sampling, grammar=forced_call_grammar(tools, choice))
+        return request.sampling
 
     def no_think(self, request: CompletionRequest) -> bool:
         """Whether this request's reply opens with an empty think block."""

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import llama_cpp.llama_cpp as llama
 import numpy as np
 
+from igllama.engine.errors import InputError
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
@@ -34,6 +36,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: str = ""  # GBNF the reply must follow (root rule "root"), "" for none
 
     @property
     def has_penalties(self) -> bool:
@@ -55,14 +58,22 @@ class Sampler:
 
     __slots__ = ("_chain", "_n_vocab")
 
-    def __init__(self, params: SamplingParams, n_vocab: int, prompt: Sequence[int] = ()) -> None:
+    def __init__(
+        self, params: SamplingParams, n_vocab: int, prompt: Sequence[int] = (), vocab: llama.llama_vocab_p | None = None
+    ) -> None:
         self._n_vocab = n_vocab
         self._chain = None
-        if params.is_greedy and not params.logit_bias and not params.has_penalties:
+        if params.is_greedy and not params.logit_bias and not params.has_penalties and not params.grammar:
             return  # `sample` takes the argmax itself
         chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
         self._chain = chain
         add = llama.llama_sampler_chain_add  # the chain owns and frees what is added
+        if params.grammar:
+            grammar = llama.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
+            if not grammar:
+                self.close()
+                raise InputError("llama.cpp could not compile the grammar for this request")
+            add(chain, grammar)  # first: every later stage sees only the tokens it allows
         if params.logit_bias:
             biases = (llama.llama_logit_bias * len(params.logit_bias))()
             for item, (token, bias) in zip(biases, params.logit_bias):

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from igllama.engine.sampling import SamplingParams
 from igllama.engine.template import ChatMessage
 from igllama.engine.text import TextPipeline
+from igllama.engine.tool_calls import ToolCall
+from igllama.engine.tools import ToolChoice, ToolSpec
 
 if TYPE_CHECKING:
     from igllama.engine.logprobs import TokenLogprob
@@ -37,6 +39,12 @@ class CompletionRequest:
     cache_prompt: bool = True
     # None: no log-probabilities; n: each token's, with the n most likely (0-20).
     logprobs: int | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+
+    @property
+    def offered_tools(self) -> tuple[ToolSpec, ...]:
+        return self.tools if self.tool_choice.mode != "none" else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +60,13 @@ class TextDelta:
 class Finished:
     """The last event of a reply: why it ended, token counts and timings."""
 
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop", "length" or "tool_calls"
     prompt_tokens: int
     cached_tokens: int  # prompt tokens reused from the prefix cache
     completion_tokens: int
     prefill_ms: float
     generation_ms: float
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -145,8 +154,10 @@ class Sequence:
 
     def finished_event(self, finish_reason: str, now: float) -> Finished:
         first = self.t_first_token or now
+        calls = tuple(self.text.tool_calls)
         return Finished(
-            finish_reason=finish_reason,
+            finish_reason="tool_calls" if calls else finish_reason,
+            tool_calls=calls,
             prompt_tokens=len(self.prompt),
             cached_tokens=self.n_cached,
             completion_tokens=self.n_generated,

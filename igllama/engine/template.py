@@ -22,6 +22,8 @@ import llama_cpp.llama_cpp as llama
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from igllama.engine.errors import InputError
+from igllama.engine.tool_calls import ToolCall
+from igllama.engine.tools import ToolSpec, template_message, written_out
 
 EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
 
@@ -48,6 +50,8 @@ class TemplateError(InputError):
 class ChatMessage:
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant's calls
+    tool_call_id: str = ""  # a tool result: the call it answers
 
 
 def builtin_template_names() -> list[str]:
@@ -75,10 +79,11 @@ class ChatTemplate:
         self.bos_token = bos_token
         self.eos_token = eos_token
         self._jinja: jinja2.Template | None = None
-        # Whether the template itself speaks of reasoning blocks.
+        # Whether the template itself speaks of reasoning blocks, and of tools.
         self.mentions_thinking = jinja_source is not None and (
             "<think>" in jinja_source or "enable_thinking" in jinja_source
         )
+        self.knows_tools = jinja_source is not None and "tools" in jinja_source
         if jinja_source is not None:
             self._jinja = _compile(jinja_source)
 
@@ -86,29 +91,44 @@ class ChatTemplate:
     def description(self) -> str:
         return f"built-in '{self.builtin_name}'" if self.builtin_name else "jinja"
 
-    def render(self, messages: Sequence[ChatMessage], *, no_think: bool = False) -> str:
+    def render(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        no_think: bool = False,
+        tools: Sequence[ToolSpec] = (),
+        opening: str = "",
+    ) -> str:
         """The prompt for `messages`, ending with the assistant's header.
 
         With `no_think`, the assistant turn opens with an empty think block, the
         llama.cpp way of telling a Qwen3-style model its reasoning is done,
         unless the template has already closed one (templates that honour
-        `enable_thinking=False` do).
+        `enable_thinking=False` do). `tools` are offered (see `tools.py`), and
+        the reply is made to begin with `opening`.
         """
+        has_tool_turns = any(m.tool_calls or m.role == "tool" for m in messages)
+        if not self.knows_tools and (tools or has_tool_turns):
+            messages, tools = written_out(messages, tools), ()
         if self._jinja is not None:
-            prompt = self._render_jinja(self._jinja, messages, no_think)
+            prompt = self._render_jinja(self._jinja, messages, no_think, tools)
         else:
             prompt = self._render_builtin(self.builtin_name or "chatml", messages)
         if no_think and not prompt.rstrip().endswith("</think>"):
             prompt += EMPTY_THINK_BLOCK
-        return prompt
+        return prompt + opening
 
-    def _render_jinja(self, template: jinja2.Template, messages: Sequence[ChatMessage], no_think: bool) -> str:
+    def _render_jinja(
+        self, template: jinja2.Template, messages: Sequence[ChatMessage], no_think: bool, tools: Sequence[ToolSpec]
+    ) -> str:
         context: dict[str, Any] = {
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [template_message(m) for m in messages],
             "add_generation_prompt": True,
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
         }
+        if tools:
+            context["tools"] = [tool.template_value() for tool in tools]
         if no_think:
             context["enable_thinking"] = False
         try:

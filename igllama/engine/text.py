@@ -10,7 +10,9 @@ become one.
 from __future__ import annotations
 
 import codecs
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+
+from igllama.engine.tool_calls import ToolCall, ToolCallParser
 
 THINK_CLOSE = "</think>"
 
@@ -106,28 +108,43 @@ class StopMatcher:
 
 
 class TextPipeline:
-    """The three stages in order, for one generated reply."""
+    """The stages in order, for one generated reply; with `tools`, a last stage
+    takes their calls out of the text (`tool_calls.ToolCallParser`)."""
 
-    __slots__ = ("_stop", "_think", "_utf8")
+    __slots__ = ("_calls", "_stop", "_think", "_utf8")
 
-    def __init__(self, stops: Sequence[str], strip_think: bool) -> None:
+    def __init__(
+        self, stops: Sequence[str], strip_think: bool, tools: Collection[str] = (), opening: str = ""
+    ) -> None:
         self._utf8 = Utf8Assembler()
         self._think = ThinkStripper() if strip_think else None
         self._stop = StopMatcher(stops)
+        self._calls = ToolCallParser(tools, opening) if tools else None
 
     @property
     def stopped(self) -> bool:
         return self._stop.stopped
 
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The calls found so far (all of them once `flush` has run)."""
+        return self._calls.calls if self._calls is not None else []
+
     def feed(self, data: bytes) -> str:
         text = self._utf8.feed(data)
         if self._think is not None and text:
             text = self._think.feed(text)
-        return self._stop.feed(text) if text else ""
+        text = self._stop.feed(text) if text else ""
+        return self._calls.feed(text) if self._calls is not None and text else text
 
     def flush(self) -> str:
-        """Everything still held back, at the end of a reply that did not hit a stop string."""
-        text = self._utf8.flush()
-        if self._think is not None:
-            text = self._think.feed(text) + self._think.flush() if text else self._think.flush()
-        return self._stop.feed(text) + self._stop.flush() if not self._stop.stopped else ""
+        """Everything still held back, at the end of the reply."""
+        text = ""
+        if not self._stop.stopped:
+            text = self._utf8.flush()
+            if self._think is not None:
+                text = self._think.feed(text) + self._think.flush() if text else self._think.flush()
+            text = self._stop.feed(text) + self._stop.flush()
+        if self._calls is not None:
+            text = self._calls.feed(text) + self._calls.finish()
+        return text
