@@ -102,11 +102,14 @@ class ToolCallParser:
                 return ""
             return held
         start = held.find(OPEN)
-        if start >= 0:  # an unclosed block at the very end: models often stop before </tool_call>
+        if start >= 0:
+            # An unclosed block at the very end: models often stop before
+            # </tool_call>, and a reply cut by max_tokens ends in one. A call
+            # that parses counts; one that does not is dropped, never shown.
             call = _parse_call(held[start + len(OPEN) :], self.tools)
             if call is not None:
                 self.calls.append(call)
-                return held[:start]
+            return held[:start]
         return held
 
 

@@ -33,8 +33,8 @@ CASES = [
     ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>', "", [weather("Paris")]),
     ('Let me check.\n<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>',
      "Let me check.\n", [weather("Oslo")]),
-    ('<tool_call>{"name": "get_weather", "arguments": {"city": "A"}}</tool_call>\n'
-     '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>', "", [weather("A"), ToolCall("get_time", "{}")]),
+    (('<tool_call>{"name": "get_weather", "arguments": {"city": "A"}}</tool_call>\n'
+     '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'), "", [weather("A"), ToolCall("get_time", "{}")]),
     # a block the model did not close before it stopped
     ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n', "", [weather("Rome")]),
     # "parameters" (Llama style) and arguments as a JSON string
@@ -52,7 +52,7 @@ NOT_CALLS = [
     '{"name": "unknown_tool", "arguments": {}}',  # not a declared tool: plain content
     '{"city": "Paris"}',
     "```python\nprint('hi')\n```",
-    "<tool_call>not json</tool_call> and text",
+    "<tool_call>not json</tool_call> and text",  # closed, but no call: shown as it is
     "a < b and <tool_ but not a call",
     '[{"name": "get_weather", "arguments": {}}, 3]',  # one item is not a call: none of it is
 ]
@@ -70,6 +70,12 @@ def test_text_that_is_no_call_is_all_content(reply: str) -> None:
     for split in every_split(reply):
         content, calls, _ = parse(reply, split)
         assert (content, calls) == (reply, []), f"split at {split}"
+
+
+def test_a_call_cut_off_at_the_end_is_dropped_not_shown() -> None:
+    reply = 'Let me look.\n<tool_call>\n{"name": "get_wea'
+    for split in every_split(reply):
+        assert parse(reply, split)[:2] == ("Let me look.\n", []), f"split at {split}"
 
 
 def test_no_markup_is_shown_before_the_call_is_decided() -> None:
