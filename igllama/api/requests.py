@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from igllama.api.errors import APIError
+from igllama.api.output import parse_output_format
 from igllama.api.tools import message_tool_calls, parse_tools
 from igllama.engine import MAX_TOP_LOGPROBS, ChatMessage, CompletionRequest, SamplingParams
 
@@ -94,6 +95,7 @@ def parse_chat(data: dict[str, Any], defaults: Defaults) -> ChatCall:
         logprobs=_logprobs(data),
         tools=tools,
         tool_choice=tool_choice,
+        grammar=parse_output_format(data),
     )
     parallel = _boolean(data, "parallel_tool_calls", True)
     return ChatCall(request, stream, include_usage and stream, _model(data), parallel)

@@ -10,6 +10,7 @@ from igllama.engine.errors import (
     InputError,
     ShuttingDown,
 )
+from igllama.engine.grammar import SchemaError, json_grammar
 from igllama.engine.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 from igllama.engine.model import ModelConfig, ModelLoadError
 from igllama.engine.runner import default_threads
@@ -39,6 +40,7 @@ __all__ = [
     "ModelLoadError",
     "PromptTooLongError",
     "SamplingParams",
+    "SchemaError",
     "ShuttingDown",
     "TemplateError",
     "TextDelta",
@@ -47,4 +49,5 @@ __all__ = [
     "ToolChoice",
     "ToolSpec",
     "default_threads",
+    "json_grammar",
 ]

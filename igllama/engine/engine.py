@@ -199,10 +199,13 @@ class Engine:
         return tokens
 
     def _sampling(self, request: CompletionRequest) -> SamplingParams:
-        """The request's sampling, with the grammar that a forced tool call follows."""
+        """The request's sampling, with the grammar its reply follows: a forced
+        tool call's, else the request's own (structured output)."""
         tools, choice = request.offered_tools, request.tool_choice
         if tools and choice.forced_opening():
             return replace(request.sampling, grammar=forced_call_grammar(tools, choice))
+        if request.grammar:
+            return replace(request.sampling, grammar=request.grammar)
         return request.sampling
 
     def no_think(self, request: CompletionRequest) -> bool:

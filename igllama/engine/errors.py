@@ -16,6 +16,12 @@ class InputError(EngineError, ValueError):
     """The request itself cannot be served (a prompt too long, a template that refuses it)."""
 
 
+class GrammarError(InputError):
+    """A GBNF grammar that llama.cpp cannot compile."""
+
+    param = "grammar"
+
+
 class CapacityError(EngineError):
     """No room right now (the queue is full, the KV pool cannot hold the request): retry later."""
 

@@ -41,6 +41,7 @@ class CompletionRequest:
     logprobs: int | None = None
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    grammar: str = ""  # GBNF the reply must follow (structured output), "" for none
 
     @property
     def offered_tools(self) -> tuple[ToolSpec, ...]:

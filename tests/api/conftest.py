@@ -29,6 +29,8 @@ import pytest
 import requests
 import uvloop
 
+from tests.models import QWEN_CODER, SMOLLM2
+
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 120.0
 TIMEOUT = 60.0  # per HTTP request: generous, the machine's cores are shared
@@ -141,6 +143,27 @@ def server(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     running = start_process(["-c", "2048", "-np", "4", "-n", str(MAX_TOKENS_CAP), "--temp", "0", *ONE_THREAD], log_path)
     yield running
     running.stop()
+
+
+def serve_instruct_model(model: Path, tmp: Path) -> ServerProcess:
+    """A server for one of the instruct models of tests/models.py, greedy by default."""
+    return start_process([str(model), "-c", "2048", "-np", "2", "-n", "64", "--temp", "0", *ONE_THREAD], tmp / "log")
+
+
+@pytest.fixture(scope="session")
+def qwen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Qwen2.5-Coder-0.5B-Instruct: a Jinja template with tools (Hermes form), FIM tokens."""
+    server = serve_instruct_model(QWEN_CODER.path(), tmp_path_factory.mktemp("qwen"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def smollm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """SmolLM2-135M-Instruct: a ChatML template that knows no tools."""
+    server = serve_instruct_model(SMOLLM2.path(), tmp_path_factory.mktemp("smollm"))
+    yield server
+    server.stop()
 
 
 def chat(url: str, body: dict[str, Any], **kwargs: Any) -> requests.Response:

@@ -11,15 +11,12 @@ markup reaches the content, streamed calls equal whole ones.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from openai import OpenAI
 
-from tests.api.conftest import ONE_THREAD, ServerProcess, chat, error_of, sse_chunks, start_process
-from tests.models import QWEN_CODER, SMOLLM2
+from tests.api.conftest import ServerProcess, chat, error_of, sse_chunks
 
 WEATHER = {
     "type": "function",
@@ -39,24 +36,6 @@ TIME = {
     },
 }
 QUESTION = [{"role": "user", "content": "What is the weather in Paris right now?"}]
-
-
-def serve(model: Path, tmp: Path) -> ServerProcess:
-    return start_process([str(model), "-c", "2048", "-np", "2", "-n", "64", "--temp", "0", *ONE_THREAD], tmp / "log")
-
-
-@pytest.fixture(scope="module")
-def qwen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = serve(QWEN_CODER.path(), tmp_path_factory.mktemp("qwen"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def smollm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = serve(SMOLLM2.path(), tmp_path_factory.mktemp("smollm"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["qwen", "smollm"])
