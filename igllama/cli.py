@@ -40,6 +40,7 @@ class ServerConfig:
     chat_template: str | None = None
     verbose: bool = False
     max_queue: int = 256
+    reasoning_format: str = "auto"
     shutdown_timeout: float = 30.0
     using_demo: bool = False
 
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--api-key", help="require Authorization: Bearer KEY on every endpoint but /health")
     api.add_argument("-a", "--alias", help="model id to report (default: the file's name)")
     api.add_argument("--chat-template", help="a llama.cpp built-in template name or a Jinja file")
+    api.add_argument("--reasoning-format", choices=("auto", "deepseek", "none"), default="auto",
+                     help="a thinking model's <think> block: in reasoning_content (auto, deepseek) or inline (none)")
     api.add_argument("--max-queue", type=_int, default=256, metavar="N",
                      help="requests that may wait for a slot; more get 503 with Retry-After (default 256)")
     api.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS",
@@ -160,7 +163,8 @@ def parse_config(argv: list[str]) -> ServerConfig:
         no_think=args.no_think, temp=args.temp, parallel=args.parallel, batch_size=args.batch_size,
         cache_ram=args.cache_ram,
         api_key=args.api_key, alias=args.alias, chat_template=args.chat_template, verbose=args.verbose,
-        max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout, using_demo=using_demo,
+        max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout, reasoning_format=args.reasoning_format,
+        using_demo=using_demo,
     )
 
 

@@ -48,6 +48,7 @@ def engine_config(config: ServerConfig) -> EngineConfig:
         no_think=config.no_think,
         cache_ram_mib=config.cache_ram,
         max_queue=config.max_queue,
+        split_reasoning=config.reasoning_format != "none",
     )
 
 

@@ -93,6 +93,7 @@ class App:
         if call.stream:
             return EventStream(self._stream(stream, call, model, request, started))
         parts: list[str] = []
+        thoughts: list[str] = []
         token_logprobs: list[TokenLogprob] | None = [] if call.request.logprobs is not None else None
         done: Finished | None = None
         status = 499  # unless the loop below ends otherwise: the client went away
@@ -100,6 +101,7 @@ class App:
             async for event in stream:
                 if isinstance(event, TextDelta):
                     parts.append(event.text)
+                    thoughts.append(event.reasoning)
                     if token_logprobs is not None:
                         token_logprobs.extend(event.logprobs)
                 else:
@@ -118,7 +120,8 @@ class App:
         self._log_access(request, 200, started, done)
         calls = reply_calls(done.tool_calls, call.parallel_tool_calls)
         body = responses.chat_completion(
-            responses.completion_id(), responses.now(), model, "".join(parts), done, token_logprobs, calls
+            responses.completion_id(), responses.now(), model, "".join(parts), done, token_logprobs, calls,
+            "".join(thoughts),
         )
         return Response.json(200, body)
 
@@ -132,7 +135,10 @@ class App:
             yield chunks.role()
             async for event in stream:
                 if isinstance(event, TextDelta):
-                    yield chunks.content(event.text, event.logprobs)
+                    if event.reasoning:
+                        yield chunks.reasoning(event.reasoning)
+                    if event.text or event.logprobs:
+                        yield chunks.content(event.text, event.logprobs)
                 else:
                     done = event
             if done is not None:

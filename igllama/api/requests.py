@@ -96,9 +96,23 @@ def parse_chat(data: dict[str, Any], defaults: Defaults) -> ChatCall:
         tools=tools,
         tool_choice=tool_choice,
         grammar=parse_output_format(data),
+        split_reasoning=_reasoning_format(data.get("reasoning_format")),
     )
     parallel = _boolean(data, "parallel_tool_calls", True)
     return ChatCall(request, stream, include_usage and stream, _model(data), parallel)
+
+
+REASONING_FORMATS = ("auto", "deepseek", "none")
+
+
+def _reasoning_format(raw: Any) -> bool | None:
+    """Whether to split a thinking model's reasoning out (None: the server's --reasoning-format)."""
+    if raw is None:
+        return None
+    if raw not in REASONING_FORMATS:
+        raise APIError(400, f"reasoning_format must be one of {', '.join(REASONING_FORMATS)}, not {raw!r}",
+                       param="reasoning_format")
+    return bool(raw != "none")
 
 
 def _logprobs(data: dict[str, Any]) -> int | None:

@@ -66,11 +66,15 @@ def chat_completion(
     cid: str, created: int, model: str, text: str, done: Finished,
     token_logprobs: list[TokenLogprob] | None = None,
     tool_calls: list[dict[str, Any]] | None = None,
+    reasoning: str = "",
 ) -> dict[str, Any]:
     """A whole reply; `token_logprobs` None when the request did not ask for them."""
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if tool_calls:
         message = {"role": "assistant", "content": text or None, "tool_calls": tool_calls}
+    if reasoning:
+        # `reasoning_content` as llama-server and DeepSeek send it, `reasoning` as vLLM and Ollama clients read it.
+        message["reasoning_content"] = message["reasoning"] = reasoning
     return {
         "id": cid,
         "object": "chat.completion",
@@ -107,6 +111,9 @@ class ChunkWriter:
             return (self._head + b'{"content":' + orjson.dumps(text) + b'},"logprobs":'
                     + orjson.dumps(logprobs(token_logprobs)) + b',"finish_reason":null}]}')
         return self._head + b'{"content":' + orjson.dumps(text) + b'},"logprobs":null,"finish_reason":null}]}'
+
+    def reasoning(self, text: str) -> bytes:
+        return self._head + b'{"reasoning_content":' + orjson.dumps(text) + b'},"logprobs":null,"finish_reason":null}]}'
 
     def tool_calls(self, calls: list[dict[str, Any]]) -> bytes:
         return self._head + b'{"tool_calls":' + orjson.dumps(calls) + b'},"logprobs":null,"finish_reason":null}]}'

@@ -32,7 +32,7 @@ from igllama.engine.scheduler import Scheduler
 from igllama.engine.sequence import CompletionRequest, Finished, Sequence, TextDelta
 from igllama.engine.stream import GenerationStream, Watchdog
 from igllama.engine.template import TemplateError, load_template
-from igllama.engine.text import TextPipeline
+from igllama.engine.text import THINK_OPEN, ReasoningSplitter, TextPipeline
 from igllama.engine.worker import Worker
 
 # Prompts longer than this are rendered and tokenized off the event loop.
@@ -63,6 +63,7 @@ class EngineConfig:
     no_think: bool = False
     cache_ram_mib: int = 512  # host RAM for idle slots' KV states; 0 drops them instead
     max_queue: int = 256  # completions waiting for a slot beyond which new ones are refused
+    split_reasoning: bool = True  # a thinking model's <think> block goes to reasoning, not the answer
     # An admitted request that produces nothing for this long, or an engine
     # thread that has not come round its loop for this long while it has
     # work, is a failure reported to the clients instead of a hang.
@@ -163,6 +164,7 @@ class Engine:
                 strip_think=self.no_think(request),
                 tools=[tool.name for tool in request.offered_tools],
                 opening=request.tool_choice.forced_opening() if request.offered_tools else "",
+                reasoning=self._reasoning_splitter(request, prompt),
             ),
             stream.deliver,
             request.cache_prompt,
@@ -207,6 +209,14 @@ class Engine:
         if request.grammar:
             return replace(request.sampling, grammar=request.grammar)
         return request.sampling
+
+    def _reasoning_splitter(self, request: CompletionRequest, prompt: list[int]) -> ReasoningSplitter | None:
+        """A splitter for a thinking model's reasoning, unless kept inline or thinking is off."""
+        split = self.config.split_reasoning if request.split_reasoning is None else request.split_reasoning
+        if not split or not self.thinks or self.no_think(request):
+            return None
+        tail = b"".join(self.model.piece(token) for token in prompt[-4:]).decode("utf-8", errors="replace")
+        return ReasoningSplitter(opened=tail.rstrip().endswith(THINK_OPEN))
 
     def no_think(self, request: CompletionRequest) -> bool:
         """Whether this request's reply opens with an empty think block."""

@@ -68,7 +68,7 @@ _SPACE = '| " " | "\\n"{1,2} [ \\t]{0,20}'
 
 def _converter() -> SchemaConverter:
     converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
-    converter._rules["space"] = _SPACE  # noqa: SLF001 - the converter has no option for it
+    converter._rules["space"] = _SPACE
     return converter
 
 

@@ -42,6 +42,8 @@ class CompletionRequest:
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     grammar: str = ""  # GBNF the reply must follow (structured output), "" for none
+    # Reasoning (<think>...</think>) apart from the answer; None: the server's default.
+    split_reasoning: bool | None = None
 
     @property
     def offered_tools(self) -> tuple[ToolSpec, ...]:
@@ -55,6 +57,7 @@ class TextDelta:
 
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+    reasoning: str = ""  # new text of the reasoning block, kept apart from the answer
 
 
 @dataclass(frozen=True, slots=True)

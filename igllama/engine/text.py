@@ -13,7 +13,9 @@ import codecs
 from collections.abc import Collection, Sequence
 
 from igllama.engine.tool_calls import ToolCall, ToolCallParser
+from igllama.engine.tool_calls import partial_suffix as _partial_suffix
 
+THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
 
@@ -68,6 +70,69 @@ class ThinkStripper:
         return held if self._state == "undecided" else ""
 
 
+class ReasoningSplitter:
+    """Separates a reply's `<think>...</think>` block (its reasoning) from the answer.
+
+    `feed` returns the answer's text and keeps the reasoning's for `take_reasoning`;
+    a possible tag is held back until decided. `opened` means the prompt already
+    opened the block (templates that end the generation prompt with `<think>`).
+    """
+
+    __slots__ = ("_held", "_reasoning", "_state", "_trim")
+
+    def __init__(self, opened: bool = False) -> None:
+        self._held = ""
+        self._reasoning: list[str] = []
+        self._state = "reasoning" if opened else "start"  # -> "reasoning" -> "answer"
+        self._trim = True  # white space right after a tag belongs to neither part
+
+    def feed(self, text: str) -> str:
+        self._held += text
+        if self._state == "start":
+            head = self._held.lstrip()
+            if head.startswith(THINK_OPEN):
+                self._held = head[len(THINK_OPEN) :]
+                self._state = "reasoning"
+            elif THINK_OPEN.startswith(head):
+                return ""  # still could be "<think>"
+            else:
+                self._state, self._trim = "answer", False
+        if self._state == "reasoning":
+            if self._trim:
+                self._held = self._held.lstrip()
+                self._trim = not self._held
+            end = self._held.find(THINK_CLOSE)
+            if end < 0:
+                keep = _partial_suffix(self._held, THINK_CLOSE)
+                # Trailing white space may end the block: hold it until the next text decides.
+                body = self._held[: len(self._held) - keep]
+                kept_space = len(body) - len(body.rstrip())
+                self._reasoning.append(body[: len(body) - kept_space])
+                self._held = self._held[len(body) - kept_space :]
+                return ""
+            self._reasoning.append(self._held[:end].rstrip())
+            self._held = self._held[end + len(THINK_CLOSE) :]
+            self._state, self._trim = "answer", True
+        if self._trim:
+            self._held = self._held.lstrip()
+            self._trim = not self._held
+        text, self._held = self._held, ""
+        return text
+
+    def take_reasoning(self) -> str:
+        text = "".join(self._reasoning)
+        self._reasoning.clear()
+        return text
+
+    def flush(self) -> str:
+        """The rest at the end: an unclosed block stays reasoning."""
+        held, self._held = self._held, ""
+        if self._state == "reasoning":
+            self._reasoning.append(held.rstrip())
+            return ""
+        return held
+
+
 class StopMatcher:
     """Finds stop strings across token boundaries without ever emitting them."""
 
@@ -111,15 +176,25 @@ class TextPipeline:
     """The stages in order, for one generated reply; with `tools`, a last stage
     takes their calls out of the text (`tool_calls.ToolCallParser`)."""
 
-    __slots__ = ("_calls", "_stop", "_think", "_utf8")
+    __slots__ = ("_calls", "_reasoning", "_stop", "_think", "_utf8")
 
     def __init__(
-        self, stops: Sequence[str], strip_think: bool, tools: Collection[str] = (), opening: str = ""
+        self,
+        stops: Sequence[str],
+        strip_think: bool,
+        tools: Collection[str] = (),
+        opening: str = "",
+        reasoning: ReasoningSplitter | None = None,
     ) -> None:
         self._utf8 = Utf8Assembler()
         self._think = ThinkStripper() if strip_think else None
         self._stop = StopMatcher(stops)
+        self._reasoning = reasoning
         self._calls = ToolCallParser(tools, opening) if tools else None
+
+    def take_reasoning(self) -> str:
+        """Reasoning text released since the last call (with a `ReasoningSplitter`)."""
+        return self._reasoning.take_reasoning() if self._reasoning is not None else ""
 
     @property
     def stopped(self) -> bool:
@@ -135,6 +210,8 @@ class TextPipeline:
         if self._think is not None and text:
             text = self._think.feed(text)
         text = self._stop.feed(text) if text else ""
+        if self._reasoning is not None and text:
+            text = self._reasoning.feed(text)
         return self._calls.feed(text) if self._calls is not None and text else text
 
     def flush(self) -> str:
@@ -145,6 +222,8 @@ class TextPipeline:
             if self._think is not None:
                 text = self._think.feed(text) + self._think.flush() if text else self._think.flush()
             text = self._stop.feed(text) + self._stop.flush()
+        if self._reasoning is not None:
+            text = (self._reasoning.feed(text) if text else "") + self._reasoning.flush()
         if self._calls is not None:
             text = self._calls.feed(text) + self._calls.finish()
         return text

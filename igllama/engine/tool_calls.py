@@ -72,7 +72,7 @@ class ToolCallParser:
                 self._whole_reply = False
             start = self._held.find(OPEN)
             if start < 0:
-                keep = _partial_suffix(self._held, OPEN)
+                keep = partial_suffix(self._held, OPEN)
                 shown.append(self._held[: len(self._held) - keep])
                 self._held = self._held[len(self._held) - keep :]
                 return "".join(shown)
@@ -148,7 +148,7 @@ def _as_call(value: Any, tools: frozenset[str]) -> ToolCall | None:
     return ToolCall(value["name"], json.dumps(arguments, ensure_ascii=False))
 
 
-def _partial_suffix(text: str, marker: str) -> int:
+def partial_suffix(text: str, marker: str) -> int:
     """Length of the longest tail of `text` that begins `marker`."""
     for n in range(min(len(marker) - 1, len(text)), 0, -1):
         if text.endswith(marker[:n]):

@@ -198,8 +198,9 @@ class Worker:
             return
         seq.n_generated += 1
         text = seq.text.feed(model.piece(token))
-        if text:
-            self._outbox.append((seq.sink, self._delta(seq, text)))
+        reasoning = seq.text.take_reasoning()
+        if text or reasoning:
+            self._outbox.append((seq.sink, self._delta(seq, text, reasoning)))
         if seq.text.stopped:
             self._finish(seq, "stop")
         elif seq.n_generated >= seq.max_tokens:
@@ -237,29 +238,30 @@ class Worker:
     # -- ending requests: every path goes through _end
 
     @staticmethod
-    def _delta(seq: Sequence, text: str) -> TextDelta:
+    def _delta(seq: Sequence, text: str, reasoning: str = "") -> TextDelta:
         """`text`, with the log-probabilities of the tokens whose first byte it releases.
 
         Text is held back (a possible stop string, half a character), so a
         token's entry goes out with the delta that shows its text; the tokens
         of a stop string are never shown, and their entries never sent."""
         if seq.n_logprobs is None:
-            return TextDelta(text)
-        seq.n_bytes_released += len(text.encode())
+            return TextDelta(text, (), reasoning)
+        seq.n_bytes_released += len(text.encode()) + len(reasoning.encode())
         pending = seq.pending_logprobs
         n = 0
         while n < len(pending) and pending[n][0] < seq.n_bytes_released:
             n += 1
         if n == 0:
-            return TextDelta(text)
+            return TextDelta(text, (), reasoning)
         released = tuple(entry for _, entry in pending[:n])
         del pending[:n]
-        return TextDelta(text, released)
+        return TextDelta(text, released, reasoning)
 
     def _finish(self, seq: Sequence, finish_reason: str) -> None:
         tail = seq.text.flush()
-        if tail:
-            self._outbox.append((seq.sink, self._delta(seq, tail)))
+        reasoning = seq.text.take_reasoning()
+        if tail or reasoning:
+            self._outbox.append((seq.sink, self._delta(seq, tail, reasoning)))
         if seq.pending_logprobs and not seq.text.stopped:
             # Tokens that render as nothing at the very end (the rest went out with their text).
             self._outbox.append((seq.sink, TextDelta("", tuple(entry for _, entry in seq.pending_logprobs))))

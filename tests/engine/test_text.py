@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from igllama.engine.model import Model
-from igllama.engine.text import StopMatcher, TextPipeline, ThinkStripper, Utf8Assembler
+from igllama.engine.text import (
+    ReasoningSplitter,
+    StopMatcher,
+    TextPipeline,
+    ThinkStripper,
+    Utf8Assembler,
+)
 
 
 def feed_all(stage: object, parts: list) -> list[str]:
@@ -73,3 +81,31 @@ def _is_broken_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return True
     return False
+
+
+# -- reasoning blocks
+
+
+REASONING_CASES = [
+    ("<think>\nweigh it\n</think>\n\nYes.", False, "weigh it", "Yes."),
+    ("  <think>a</think>b", False, "a", "b"),
+    ("weigh it</think>Yes.", True, "weigh it", "Yes."),  # the prompt opened the block
+    ("<think>never closed", False, "never closed", ""),
+    ("No block here.", False, "", "No block here."),
+    ("<thin air", False, "", "<thin air"),
+    ("a < b </thinking> c", True, "a < b </thinking> c", ""),
+]
+
+
+@pytest.mark.parametrize(("reply", "opened", "reasoning", "answer"), REASONING_CASES)
+def test_reasoning_is_split_from_the_answer_however_it_arrives(
+    reply: str, opened: bool, reasoning: str, answer: str
+) -> None:
+    for split in range(len(reply) + 1):
+        splitter = ReasoningSplitter(opened)
+        shown = splitter.feed(reply[:split])
+        thought = splitter.take_reasoning()
+        shown += splitter.feed(reply[split:])
+        shown += splitter.flush()
+        thought += splitter.take_reasoning()
+        assert (thought, shown) == (reasoning, answer), f"split at {split}"
