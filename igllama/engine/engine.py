@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +24,7 @@ from typing import Any
 
 from igllama.engine.embeddings import Embedder, EmbeddingJob, EmbeddingResult
 from igllama.engine.errors import CapacityError, EngineUnavailable, InputError
-from igllama.engine.grammar import forced_call_grammar
+from igllama.engine.grammar import auto_call_grammar, forced_call_grammar
 from igllama.engine.model import Model, ModelConfig, ModelLoadError
 from igllama.engine.prompt_cache import PromptCache
 from igllama.engine.runner import ContextConfig, Runner, default_threads
@@ -33,6 +34,7 @@ from igllama.engine.sequence import CompletionRequest, Finished, Sequence, TextD
 from igllama.engine.stream import GenerationStream, Watchdog
 from igllama.engine.template import TemplateError, load_template
 from igllama.engine.text import THINK_OPEN, ReasoningSplitter, TextPipeline
+from igllama.engine.tool_calls import OPEN
 from igllama.engine.worker import Worker
 
 # Prompts longer than this are rendered and tokenized off the event loop.
@@ -208,6 +210,8 @@ class Engine:
             return replace(request.sampling, grammar=forced_call_grammar(tools, choice))
         if request.grammar:
             return replace(request.sampling, grammar=request.grammar)
+        if tools:  # "auto": free text, but a call the model opens must be a valid one
+            return replace(request.sampling, grammar=auto_call_grammar(tools), grammar_triggers=(re.escape(OPEN),))
         return request.sampling
 
     def _reasoning_splitter(self, request: CompletionRequest, prompt: list[int]) -> ReasoningSplitter | None:

@@ -21,8 +21,8 @@ from typing import Any
 from llama_cpp.llama_grammar import SchemaConverter
 
 from igllama.engine.errors import InputError
-from igllama.engine.tool_calls import CLOSE
-from igllama.engine.tools import ToolChoice, ToolSpec
+from igllama.engine.tool_calls import CLOSE, OPEN
+from igllama.engine.tools import CALL_OPENING, ToolChoice, ToolSpec
 
 
 class SchemaError(InputError):
@@ -64,6 +64,20 @@ def forced_call_grammar(tools: Sequence[ToolSpec], choice: ToolChoice) -> str:
 # to pretty-print, and every token the grammar refuses costs a pass of the
 # grammar over the whole vocabulary (~36 ms for the demo model's 262k).
 _SPACE = '| " " | "\\n"{1,2} [ \\t]{0,20}'
+
+
+def auto_call_grammar(tools: Sequence[ToolSpec]) -> str:
+    """The GBNF of one or more Hermes calls, for a lazy grammar that engages when
+    the model opens a call (`tool_choice` "auto"): a call it starts is a valid one."""
+    converter = _converter()
+    branches = []
+    for i, tool in enumerate(tools):
+        arguments = _visit(converter, tool.parameters, f"tool{i}-arguments", f"tools[{i}].function.parameters",
+                           f"the parameters schema of tool {tool.name!r}")
+        branches.append(f"{_literal(tool.name + chr(34) + ', ' + chr(34) + 'arguments' + chr(34) + ': ')} {arguments}")
+    call = f"{_literal(OPEN)} call-space {_literal(CALL_OPENING[len(OPEN) + 1 :])} ({' | '.join(branches)}) " \
+        f"{_literal('}')} call-space {_literal(CLOSE)}"
+    return f"{converter.format_grammar()}\ncall-space ::= [ \\t\\n]*\ntool-call ::= {call}\nroot ::= tool-call (call-space tool-call)*\n"
 
 
 def _converter() -> SchemaConverter:

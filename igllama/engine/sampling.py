@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import llama_cpp.llama_cpp as llama
 import numpy as np
@@ -38,6 +39,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
     grammar: str = ""  # GBNF the reply must follow (root rule "root"), "" for none
+    # With these regular expressions the grammar is lazy: it engages only once
+    # the reply matches one, from the match on (llama.cpp's lazy grammars).
+    grammar_triggers: tuple[str, ...] = ()
 
     @property
     def has_penalties(self) -> bool:
@@ -74,7 +78,7 @@ class Sampler:
         self._chain = None
         self._grammar = None
         if params.grammar:
-            self._grammar = llama.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
+            self._grammar = _grammar_sampler(vocab, params.grammar, params.grammar_triggers)
             if not self._grammar:
                 raise GrammarError("llama.cpp could not compile the grammar (GBNF, root rule `root`); "
                                    "run the server with -v to see its message")
@@ -183,3 +187,13 @@ def _candidate_array(n: int) -> tuple[np.ndarray, llama.llama_token_data_array]:
         data=data.ctypes.data_as(llama.llama_token_data_p), size=n, selected=-1, sorted=False
     )
     return data, view
+
+
+def _grammar_sampler(vocab: llama.llama_vocab_p | None, grammar: str, triggers: tuple[str, ...]) -> Any:
+    if not triggers:
+        return llama.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    patterns = (ctypes.c_char_p * len(triggers))(*(t.encode() for t in triggers))
+    no_tokens = (llama.llama_token * 1)()
+    return llama.llama_sampler_init_grammar_lazy_patterns(
+        vocab, grammar.encode(), b"root", patterns, len(triggers), no_tokens, 0
+    )
