@@ -22,7 +22,7 @@ from llama_cpp.llama_grammar import SchemaConverter
 
 from igllama.engine.errors import InputError
 from igllama.engine.tool_calls import CLOSE, OPEN
-from igllama.engine.tools import CALL_OPENING, ToolChoice, ToolSpec
+from igllama.engine.tools import AFTER_NAME, CALL_OPENING, ToolChoice, ToolSpec
 
 
 class SchemaError(InputError):
@@ -41,43 +41,43 @@ def json_grammar(schema: Mapping[str, Any], param: str) -> str:
 
 
 def forced_call_grammar(tools: Sequence[ToolSpec], choice: ToolChoice) -> str:
-    """The GBNF for the rest of a forced call, after `choice.forced_opening()`."""
+    """The GBNF for the rest of a forced call, after `choice.forced_opening()`
+    (which, for a named function, already holds the name)."""
     converter = _converter()
-    branches = []
-    for i, tool in enumerate(tools):
-        if choice.name is not None and tool.name != choice.name:
-            continue
-        arguments = _visit(converter, tool.parameters, f"tool{i}-arguments", f"tools[{i}].function.parameters",
-                           f"the parameters schema of tool {tool.name!r}")
-        if choice.name is not None:
-            branches.append(arguments)
-        else:
-            after_name = '", "arguments": '
-            branches.append(f"{_literal(tool.name + after_name)} {arguments}")
-    rules = converter.format_grammar()
-    end = _literal("}\n" + CLOSE)
-    return f"{rules}\nroot ::= ({' | '.join(branches)}) {end}\n"
-
-
-# White space between JSON tokens as llama.cpp's own converter allows it (a
-# newline or two and indentation), not just one optional space: models like
-# to pretty-print, and every token the grammar refuses costs a pass of the
-# grammar over the whole vocabulary (~36 ms for the demo model's 262k).
-_SPACE = '| " " | "\\n"{1,2} [ \\t]{0,20}'
+    chosen = [(i, tool) for i, tool in enumerate(tools) if choice.name in (None, tool.name)]
+    branches = _call_bodies(converter, chosen, with_name=choice.name is None)
+    return f"{converter.format_grammar()}\nroot ::= ({' | '.join(branches)}) {_literal(_CALL_END)}\n"
 
 
 def auto_call_grammar(tools: Sequence[ToolSpec]) -> str:
     """The GBNF of one or more Hermes calls, for a lazy grammar that engages when
     the model opens a call (`tool_choice` "auto"): a call it starts is a valid one."""
     converter = _converter()
-    branches = []
-    for i, tool in enumerate(tools):
+    branches = _call_bodies(converter, list(enumerate(tools)), with_name=True)
+    call = (f"{_literal(OPEN)} call-space {_literal(CALL_OPENING[len(OPEN) + 1 :])} ({' | '.join(branches)}) "
+            f"{_literal('}')} call-space {_literal(CLOSE)}")
+    return (f"{converter.format_grammar()}\ncall-space ::= [ \\t\\n]*\ntool-call ::= {call}\n"
+            "root ::= tool-call (call-space tool-call)*\n")
+
+
+def _call_bodies(converter: SchemaConverter, tools: list[tuple[int, ToolSpec]], with_name: bool) -> list[str]:
+    """For each tool, what follows `{"name": "` in a call: its name, then arguments matching its
+    schema (the arguments alone when the name is already written)."""
+    bodies = []
+    for i, tool in tools:
         arguments = _visit(converter, tool.parameters, f"tool{i}-arguments", f"tools[{i}].function.parameters",
                            f"the parameters schema of tool {tool.name!r}")
-        branches.append(f"{_literal(tool.name + chr(34) + ', ' + chr(34) + 'arguments' + chr(34) + ': ')} {arguments}")
-    call = f"{_literal(OPEN)} call-space {_literal(CALL_OPENING[len(OPEN) + 1 :])} ({' | '.join(branches)}) " \
-        f"{_literal('}')} call-space {_literal(CLOSE)}"
-    return f"{converter.format_grammar()}\ncall-space ::= [ \\t\\n]*\ntool-call ::= {call}\nroot ::= tool-call (call-space tool-call)*\n"
+        bodies.append(f"{_literal(tool.name + AFTER_NAME)} {arguments}" if with_name else arguments)
+    return bodies
+
+
+_CALL_END = "}\n" + CLOSE
+
+# White space between JSON tokens as llama.cpp's own converter allows it (a
+# newline or two and indentation), not just one optional space: models like
+# to pretty-print, and every token the grammar refuses costs a pass of the
+# grammar over the whole vocabulary (~36 ms for the demo model's 262k).
+_SPACE = '| " " | "\\n"{1,2} [ \\t]{0,20}'
 
 
 def _converter() -> SchemaConverter:

@@ -31,16 +31,15 @@ class GenerationStream:
     def __init__(self, inbox: queue.SimpleQueue[tuple[str, Any]], on_end: Callable[[GenerationStream], None]) -> None:
         self.events: asyncio.Queue[Any] = asyncio.Queue()
         self.sequence: Sequence | None = None
+        # The request's progress as the watchdog last saw it (prompt tokens
+        # fed, tokens generated), and when that last changed.
+        self.progress_mark = (0, 0)
         self.last_progress = time.monotonic()
-        self.progress_mark = (0, 0)  # the (prompt tokens fed, tokens generated) the watchdog saw last
+        # The sink the engine's events go to, on the event loop (once per token: no wrapper).
+        self.deliver = self.events.put_nowait
         self._inbox = inbox
         self._on_end = on_end
         self._ended = False
-
-    def deliver(self, event: Any) -> None:
-        """Called on the event loop with each event the engine produced."""
-        self.last_progress = time.monotonic()
-        self.events.put_nowait(event)
 
     def fail(self, error: EngineError) -> None:
         """End the stream with `error` and cancel the request in the engine."""

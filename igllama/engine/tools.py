@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from igllama.engine.template import ChatMessage
 
 CALL_OPENING = OPEN + '\n{"name": "'
+AFTER_NAME = '", "arguments": '  # between a call's name and its arguments
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,7 @@ class ToolChoice:
     def forced_opening(self) -> str:
         """What the reply is made to start with: nothing unless a call is required."""
         if self.name is not None:
-            return f'{CALL_OPENING}{self.name}", "arguments": '
+            return f"{CALL_OPENING}{self.name}{AFTER_NAME}"
         return CALL_OPENING if self.mode == "required" else ""
 
 
