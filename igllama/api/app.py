@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from igllama.api import responses
+from igllama.api.choices import Reply, combined, interleave
 from igllama.api.errors import RETRY_AFTER, APIError, from_engine
 from igllama.api.requests import ChatCall, Defaults, parse_chat, parse_embeddings, parse_json
-from igllama.api.tools import delta_calls, reply_calls
-from igllama.engine import Engine, EngineError, Finished, GenerationStream, TextDelta, TokenLogprob
+from igllama.api.tools import StreamedCalls, reply_calls
+from igllama.engine import Engine, EngineError, Finished, GenerationStream, TextDelta
 from igllama.http import EventStream, Request, Response, Router
 
 access_log = logging.getLogger("igllama.access")
@@ -86,67 +87,73 @@ class App:
         started = time.perf_counter()
         call = parse_chat(parse_json(request.body), self.defaults)
         try:
-            stream = await engine.submit(call.request)
+            streams = await engine.submit_choices(call.request, call.n)
         except EngineError as exc:
             raise from_engine(exc, "messages") from None
         model = call.model or self.settings.model_id
         if call.stream:
-            return EventStream(self._stream(stream, call, model, request, started))
-        parts: list[str] = []
-        thoughts: list[str] = []
-        token_logprobs: list[TokenLogprob] | None = [] if call.request.logprobs is not None else None
-        done: Finished | None = None
+            return EventStream(self._stream(streams, call, model, request, started))
+        wants_logprobs = call.request.logprobs is not None
+        replies = [Reply(logprobs=[] if wants_logprobs else None) for _ in streams]
         status = 499  # unless the loop below ends otherwise: the client went away
         try:
-            async for event in stream:
-                if isinstance(event, TextDelta):
-                    parts.append(event.text)
-                    thoughts.append(event.reasoning)
-                    if token_logprobs is not None:
-                        token_logprobs.extend(event.logprobs)
-                else:
-                    done = event
+            async for i, event in interleave(streams):
+                replies[i].add(event)
             status = 200
         except EngineError as exc:
             error = from_engine(exc, "messages")
             status = error.status
             raise error from None
         finally:
-            await stream.aclose()
+            for stream in streams:
+                await stream.aclose()
             if status != 200:
                 self._log_access(request, status, started, None)
-        if done is None:
+        ends = [reply.done for reply in replies]
+        if None in ends:
             raise RuntimeError("the engine ended a completion without its final event")
-        self._log_access(request, 200, started, done)
-        calls = reply_calls(done.tool_calls, call.parallel_tool_calls)
-        body = responses.chat_completion(
-            responses.completion_id(), responses.now(), model, "".join(parts), done, token_logprobs, calls,
-            "".join(thoughts),
-        )
+        total = combined(ends)
+        self._log_access(request, 200, started, total)
+        choices = [
+            responses.choice(
+                i, reply.text, reply.done, reply.logprobs,
+                reply_calls(reply.done.tool_calls, call.parallel_tool_calls), reply.reasoning,
+            )
+            for i, reply in enumerate(replies)
+        ]
+        body = responses.chat_completion(responses.completion_id(), responses.now(), model, choices, total)
         return Response.json(200, body)
 
     async def _stream(
-        self, stream: GenerationStream, call: ChatCall, model: str, request: Request, started: float
+        self, streams: list[GenerationStream], call: ChatCall, model: str, request: Request, started: float
     ) -> AsyncIterator[bytes]:
-        chunks = responses.ChunkWriter(responses.completion_id(), responses.now(), model)
-        done: Finished | None = None
+        cid, created = responses.completion_id(), responses.now()
+        writers = [responses.ChunkWriter(cid, created, model, i) for i in range(len(streams))]
+        calls = [StreamedCalls(call.parallel_tool_calls) for _ in streams]
+        ends: list[Finished | None] = [None] * len(streams)
+        total: Finished | None = None
         status = 499  # unless the stream ends otherwise: the client went away
         try:
-            yield chunks.role()
-            async for event in stream:
+            for chunks in writers:
+                yield chunks.role()
+            async for i, event in interleave(streams):
+                chunks = writers[i]
                 if isinstance(event, TextDelta):
                     if event.reasoning:
                         yield chunks.reasoning(event.reasoning)
                     if event.text or event.logprobs:
                         yield chunks.content(event.text, event.logprobs)
-                else:
-                    done = event
-            if done is not None:
-                if done.tool_calls:
-                    yield chunks.tool_calls(delta_calls(reply_calls(done.tool_calls, call.parallel_tool_calls)))
-                yield chunks.finish(done)
+                    if event.calls and (pieces := calls[i].pieces(event.calls)):
+                        yield chunks.tool_calls(pieces)
+                    continue
+                ends[i] = event
+                if rest := calls[i].rest(event.tool_calls):
+                    yield chunks.tool_calls(rest)
+                yield chunks.finish(event)
+            if None not in ends:
+                total = combined(ends)
                 if call.include_usage:
-                    yield chunks.usage(done)
+                    yield writers[0].usage(total)
             status = 200
             yield b"[DONE]"
         except Exception as exc:
@@ -161,8 +168,9 @@ class App:
             yield error.body
             yield b"[DONE]"
         finally:
-            await stream.aclose()
-            self._log_access(request, status, started, done)
+            for stream in streams:
+                await stream.aclose()
+            self._log_access(request, status, started, total)
 
     async def embeddings(self, request: Request) -> Response:
         engine = self._engine()

@@ -19,6 +19,7 @@ from igllama.engine import MAX_TOP_LOGPROBS, ChatMessage, CompletionRequest, Sam
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
 MAX_STOP_STRINGS = 16
+MAX_CHOICES = 128  # OpenAI's bound on `n`; each choice is a request of its own in the queue
 INT32_MAX = 2**31 - 1  # llama.cpp takes top_k as int32_t: a larger value would wrap
 
 
@@ -38,6 +39,7 @@ class ChatCall:
     include_usage: bool
     model: str | None
     parallel_tool_calls: bool = True
+    n: int = 1  # choices of the same prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +64,7 @@ def parse_json(body: bytes) -> dict[str, Any]:
 def parse_chat(data: dict[str, Any], defaults: Defaults) -> ChatCall:
     messages = _messages(data.get("messages"))
     tools, tool_choice = parse_tools(data)
-    n = _integer(data, "n", 1, 1)
-    if n != 1:
-        raise APIError(400, f"n must be 1: this server returns one choice, not {n}", param="n")
+    n = _integer(data, "n", 1, 1, MAX_CHOICES)
     max_tokens = _integer(data, "max_completion_tokens", None, 1)
     if max_tokens is None:
         max_tokens = _integer(data, "max_tokens", None, 1)
@@ -99,7 +99,7 @@ def parse_chat(data: dict[str, Any], defaults: Defaults) -> ChatCall:
         split_reasoning=_reasoning_format(data.get("reasoning_format")),
     )
     parallel = _boolean(data, "parallel_tool_calls", True)
-    return ChatCall(request, stream, include_usage and stream, _model(data), parallel)
+    return ChatCall(request, stream, include_usage and stream, _model(data), parallel, n)
 
 
 REASONING_FORMATS = ("auto", "deepseek", "none")

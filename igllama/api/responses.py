@@ -62,13 +62,13 @@ def logprobs(entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str
     }
 
 
-def chat_completion(
-    cid: str, created: int, model: str, text: str, done: Finished,
+def choice(
+    index: int, text: str, done: Finished,
     token_logprobs: list[TokenLogprob] | None = None,
     tool_calls: list[dict[str, Any]] | None = None,
     reasoning: str = "",
 ) -> dict[str, Any]:
-    """A whole reply; `token_logprobs` None when the request did not ask for them."""
+    """One choice of a whole reply; `token_logprobs` None when the request did not ask for them."""
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if tool_calls:
         message = {"role": "assistant", "content": text or None, "tool_calls": tool_calls}
@@ -76,20 +76,23 @@ def chat_completion(
         # `reasoning_content` as llama-server and DeepSeek send it, `reasoning` as vLLM and Ollama clients read it.
         message["reasoning_content"] = message["reasoning"] = reasoning
     return {
+        "index": index,
+        "message": message,
+        "logprobs": None if token_logprobs is None else logprobs(token_logprobs),
+        "finish_reason": done.finish_reason,
+    }
+
+
+def chat_completion(cid: str, created: int, model: str, choices: list[dict[str, Any]], total: Finished) -> dict[str, Any]:
+    """A whole reply: its choices, and the `usage` and `timings` of all of them."""
+    return {
         "id": cid,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None if token_logprobs is None else logprobs(token_logprobs),
-                "finish_reason": done.finish_reason,
-            }
-        ],
-        "usage": usage(done),
-        "timings": timings(done),
+        "choices": choices,
+        "usage": usage(total),
+        "timings": timings(total),
     }
 
 
@@ -98,10 +101,10 @@ class ChunkWriter:
 
     __slots__ = ("_created", "_head", "_id", "_model")
 
-    def __init__(self, cid: str, created: int, model: str) -> None:
+    def __init__(self, cid: str, created: int, model: str, index: int = 0) -> None:
         self._id, self._created, self._model = cid, created, model
         envelope = orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model})
-        self._head = envelope[:-1] + b',"choices":[{"index":0,"delta":'
+        self._head = envelope[:-1] + b',"choices":[{"index":%d,"delta":' % index
 
     def role(self) -> bytes:
         return self._head + b'{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}'

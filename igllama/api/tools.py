@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from igllama.api.errors import APIError
-from igllama.engine import ToolCall, ToolChoice, ToolSpec
+from igllama.engine import CallDelta, ToolCall, ToolChoice, ToolSpec
 
 MAX_TOOLS = 128
 
@@ -103,6 +103,35 @@ def reply_calls(calls: tuple[ToolCall, ...], parallel: bool) -> list[dict[str, A
     ]
 
 
-def delta_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The same calls as one streamed delta, each with its `index`."""
-    return [{"index": i, **call} for i, call in enumerate(calls)]
+class StreamedCalls:
+    """The `delta.tool_calls` of one streamed choice: a call's `id`, `type` and
+    name first, then its arguments in pieces as the model writes them; calls
+    found only at the end (a bare JSON reply, Llama's or Mistral's form) go
+    whole before the final chunk."""
+
+    __slots__ = ("_ids", "_parallel")
+
+    def __init__(self, parallel: bool) -> None:
+        self._parallel = parallel
+        self._ids: dict[int, str] = {}  # calls streamed so far, by index
+
+    def pieces(self, deltas: tuple[CallDelta, ...]) -> list[dict[str, Any]]:
+        """The entries for one chunk; pieces of the same call are joined."""
+        out: list[dict[str, Any]] = []
+        for delta in deltas:
+            if delta.index > 0 and not self._parallel:
+                continue
+            if out and out[-1]["index"] == delta.index:
+                out[-1]["function"]["arguments"] += delta.arguments
+            elif delta.name:
+                self._ids[delta.index] = call_id()
+                out.append({"index": delta.index, "id": self._ids[delta.index], "type": "function",
+                            "function": {"name": delta.name, "arguments": delta.arguments}})
+            else:
+                out.append({"index": delta.index, "function": {"arguments": delta.arguments}})
+        return out
+
+    def rest(self, calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
+        """The calls of the finished reply that did not stream, whole, each with its `index`."""
+        kept = reply_calls(calls, self._parallel)
+        return [{"index": i, **call} for i, call in enumerate(kept) if i not in self._ids]

@@ -18,11 +18,12 @@ from igllama.engine.sampling import SamplingParams
 from igllama.engine.sequence import CompletionRequest, Finished, TextDelta
 from igllama.engine.stream import GenerationStream
 from igllama.engine.template import ChatMessage, TemplateError
-from igllama.engine.tool_calls import ToolCall
+from igllama.engine.tool_calls import CallDelta, ToolCall
 from igllama.engine.tools import ToolChoice, ToolSpec
 
 __all__ = [
     "MAX_TOP_LOGPROBS",
+    "CallDelta",
     "CapacityError",
     "ChatMessage",
     "CompletionRequest",

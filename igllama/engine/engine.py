@@ -145,9 +145,19 @@ class Engine:
         for a prompt too long or a template that refuses the conversation,
         `CapacityError` when the queue is full, `EngineUnavailable` when the
         engine is not serving."""
+        (stream,) = await self.submit_choices(request, 1)
+        return stream
+
+    async def submit_choices(self, request: CompletionRequest, n: int) -> list[GenerationStream]:
+        """Start `n` completions of one prompt (OpenAI's `n`), raising as `submit` does.
+
+        The prompt is prefilled once: the other choices wait for the first
+        one's prefill and share its KV cells. Each choice samples on its own;
+        with a `seed`, choice i uses seed + i so that they differ reproducibly.
+        """
         loop = self._bind_loop()
         self._check_serving()
-        if len(self._streams) >= self.config.n_slots + self.config.max_queue:
+        if len(self._streams) + n > self.config.n_slots + self.config.max_queue:
             raise CapacityError(
                 f"the server is busy: {self.config.max_queue} requests are already waiting; retry later"
             )
@@ -155,27 +165,43 @@ class Engine:
             prompt = await loop.run_in_executor(None, self.prompt_tokens, request)
         else:
             prompt = self.prompt_tokens(request)
-        stream = GenerationStream(self._inbox, self._streams.discard)
-        seq = Sequence(
-            next(self._ids),
-            prompt,
-            request.max_tokens,
-            Sampler(self._sampling(request), self.model.n_vocab, prompt, self.model.vocab),
-            TextPipeline(
-                request.stop,
-                strip_think=self.no_think(request),
-                tools=[tool.name for tool in request.offered_tools],
-                opening=request.tool_choice.forced_opening() if request.offered_tools else "",
-                reasoning=self._reasoning_splitter(request, prompt),
-            ),
-            stream.deliver,
-            request.cache_prompt,
-            request.logprobs,
+        sampling = self._sampling(request)
+        sequences: list[Sequence] = []
+        try:
+            for i in range(n):
+                params = sampling if i == 0 or sampling.seed is None else replace(sampling, seed=sampling.seed + i)
+                sequences.append(Sequence(
+                    next(self._ids),
+                    prompt,
+                    request.max_tokens,
+                    Sampler(params, self.model.n_vocab, prompt, self.model.vocab),
+                    self._text_pipeline(request, prompt),
+                    None,
+                    request.cache_prompt,
+                    request.logprobs,
+                    leader=sequences[0] if sequences and request.cache_prompt else None,
+                ))
+        except Exception:
+            for seq in sequences:
+                seq.sampler.close()
+            raise
+        streams = []
+        for seq in sequences:
+            stream = GenerationStream(self._inbox, self._streams.discard)
+            stream.sequence, seq.sink = seq, stream.deliver
+            self._streams.add(stream)
+            streams.append(stream)
+            self._inbox.put(("submit", seq))
+        return streams
+
+    def _text_pipeline(self, request: CompletionRequest, prompt: list[int]) -> TextPipeline:
+        return TextPipeline(
+            request.stop,
+            strip_think=self.no_think(request),
+            tools=[tool.name for tool in request.offered_tools],
+            opening=request.tool_choice.forced_opening() if request.offered_tools else "",
+            reasoning=self._reasoning_splitter(request, prompt),
         )
-        stream.sequence = seq
-        self._streams.add(stream)
-        self._inbox.put(("submit", seq))
-        return stream
 
     async def generate(self, request: CompletionRequest) -> AsyncIterator[TextDelta | Finished]:
         """Text deltas, then one `Finished`; closing the iterator early cancels the request."""

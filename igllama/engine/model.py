@@ -18,6 +18,7 @@ from typing import Any
 import llama_cpp.llama_cpp as llama
 
 from igllama.engine import logs
+from igllama.engine.tool_calls import MARKERS
 
 GGUF_MAGIC = b"GGUF"
 
@@ -101,6 +102,13 @@ class Model:
         self.eos_text = self._special_text(llama.llama_vocab_eos(self.vocab))
         self._piece_buffer = ctypes.create_string_buffer(256)
         self._pieces: dict[int, bytes] = {}
+        # Control tokens that mark tool calls (Llama's <|python_tag|>, Mistral's
+        # [TOOL_CALLS]...), with their text: rendered for requests with tools.
+        self.call_markers: dict[int, bytes] = {}
+        for marker in MARKERS:
+            tokens = self.tokenize(marker, add_special=False, parse_special=True)
+            if len(tokens) == 1 and not self.piece(tokens[0]):
+                self.call_markers[tokens[0]] = marker.encode()
 
     @property
     def pointer(self) -> llama.llama_model_p:

@@ -147,6 +147,10 @@ class Runner:
     def min_position(self, seq_id: int) -> int:
         return int(llama.llama_memory_seq_pos_min(self._memory, seq_id))
 
+    def copy(self, source: int, target: int, n: int) -> None:
+        """Give `target` the cells of `source`'s positions below `n` (shared in the unified pool, not duplicated)."""
+        llama.llama_memory_seq_cp(self._memory, source, target, 0, n)
+
     def save(self, seq_id: int) -> Any:
         """A copy of a sequence's KV state (a ctypes byte array), or None."""
         size = llama.llama_state_seq_get_size(self._ctx, seq_id)

@@ -58,6 +58,9 @@ class KvMemory(Protocol):
     def restore(self, seq_id: int, state: Any) -> bool:
         """Load a saved state into an empty sequence."""
 
+    def copy(self, source: int, target: int, n: int) -> None:
+        """Give an empty `target` the cells of `source`'s positions below `n`."""
+
 
 class Scheduler:
     def __init__(
@@ -119,6 +122,8 @@ class Scheduler:
         if not free:
             return None
         seq = self.waiting[0]
+        if seq.leader is not None and seq.leader.status in (Status.WAITING, Status.PREFILLING):
+            return None  # another choice of the same prompt: share the leader's prefill, do not repeat it
         if not self._has_room_for(seq):
             return None  # wait for running sequences to finish; FIFO order is kept
         slot = max(free, key=lambda s: (common_prefix_length(s.tokens, seq.prompt), -s.last_used))
@@ -136,13 +141,20 @@ class Scheduler:
         """Fill an admitted sequence's slot with the longest reusable prefix it can get."""
         slot = seq.slot
         n_slot = self._reusable(slot.tokens, seq, self._slot_min_position(slot)) if seq.reuse_cache else 0
+        source, n_source = self._best_busy_slot(seq) if seq.reuse_cache else (None, 0)
         # Take the entry out of the cache before parking anything: parking
         # saves states into the same cache and could evict it meanwhile.
-        entry = self._take_better_entry(seq, n_slot) if seq.reuse_cache else None
+        entry = self._take_better_entry(seq, max(n_slot, n_source)) if seq.reuse_cache else None
         for other in self.slots:
             if other.sequence is None:
                 self._park(other)
-        if entry is not None:
+        if entry is None and source is not None and n_source > n_slot:
+            # Another request holds this prefix right now (the other choices
+            # of an n > 1 request, or a shared system prompt): share its cells.
+            self._park(slot)
+            self.memory.copy(source.seq_id, slot.seq_id, n_source)
+            slot.tokens = source.tokens[:n_source]
+        elif entry is not None:
             self._park(slot)
             if self.memory.restore(slot.seq_id, entry.state):
                 slot.tokens = entry.tokens
@@ -177,6 +189,16 @@ class Scheduler:
         if self.n_swa > 0 and min_position > max(0, n - self.n_swa + 1):
             return 0
         return n
+
+    def _best_busy_slot(self, seq: Sequence) -> tuple[Slot | None, int]:
+        """The slot of another running request with the longest prefix `seq` can share, and its length."""
+        best, best_n = None, 0
+        for other in self.slots:
+            if other.sequence is not None and other is not seq.slot and other.tokens:
+                n = self._reusable(other.tokens, seq, self._slot_min_position(other))
+                if n > best_n:
+                    best, best_n = other, n
+        return best, best_n
 
     def _slot_min_position(self, slot: Slot) -> int:
         return self.memory.min_position(slot.seq_id) if slot.tokens else 0

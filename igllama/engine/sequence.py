@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from igllama.engine.sampling import SamplingParams
 from igllama.engine.template import ChatMessage
 from igllama.engine.text import TextPipeline
-from igllama.engine.tool_calls import ToolCall
+from igllama.engine.tool_calls import CallDelta, ToolCall
 from igllama.engine.tools import ToolChoice, ToolSpec
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ class TextDelta:
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
     reasoning: str = ""  # new text of the reasoning block, kept apart from the answer
+    calls: tuple[CallDelta, ...] = ()  # pieces of tool calls as they stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,7 @@ class Sequence:
 
     __slots__ = (
         "id",
+        "leader",
         "max_tokens",
         "n_bytes_generated",
         "n_bytes_released",
@@ -127,8 +129,12 @@ class Sequence:
         sink: Any,
         reuse_cache: bool = True,
         n_logprobs: int | None = None,
+        leader: Sequence | None = None,
     ) -> None:
         self.id = seq_id
+        # Another choice of the same request (n > 1): this one waits until the
+        # leader's prompt is in the KV cache, then shares its cells.
+        self.leader = leader
         self.prompt = prompt
         self.max_tokens = max_tokens
         self.sampler = sampler

@@ -12,7 +12,7 @@ from __future__ import annotations
 import codecs
 from collections.abc import Collection, Sequence
 
-from igllama.engine.tool_calls import ToolCall, ToolCallParser
+from igllama.engine.tool_calls import CallDelta, ToolCall, ToolCallParser
 from igllama.engine.tool_calls import partial_suffix as _partial_suffix
 
 THINK_OPEN = "<think>"
@@ -199,6 +199,15 @@ class TextPipeline:
     @property
     def stopped(self) -> bool:
         return self._stop.stopped
+
+    def take_call_deltas(self) -> tuple[CallDelta, ...]:
+        """Pieces of tool calls released since the last call (with tools)."""
+        return tuple(self._calls.take_deltas()) if self._calls is not None else ()
+
+    @property
+    def reads_calls(self) -> bool:
+        """Whether the reply is searched for tool calls (the request offers tools)."""
+        return self._calls is not None
 
     @property
     def tool_calls(self) -> list[ToolCall]:

@@ -29,6 +29,7 @@ from igllama.engine.model import Model
 from igllama.engine.runner import DecodeError, Runner
 from igllama.engine.scheduler import BatchItem, Scheduler
 from igllama.engine.sequence import Sequence, Status, TextDelta
+from igllama.engine.tool_calls import CallDelta
 
 log = logging.getLogger("igllama.engine")
 
@@ -197,10 +198,14 @@ class Worker:
             self._finish(seq, "stop")
             return
         seq.n_generated += 1
-        text = seq.text.feed(model.piece(token))
+        piece = model.piece(token)
+        if not piece and seq.text.reads_calls:
+            piece = model.call_markers.get(token, b"")
+        text = seq.text.feed(piece)
         reasoning = seq.text.take_reasoning()
-        if text or reasoning:
-            self._outbox.append((seq.sink, self._delta(seq, text, reasoning)))
+        calls = seq.text.take_call_deltas() if seq.text.reads_calls else ()
+        if text or reasoning or calls:
+            self._outbox.append((seq.sink, self._delta(seq, text, reasoning, calls)))
         if seq.text.stopped:
             self._finish(seq, "stop")
         elif seq.n_generated >= seq.max_tokens:
@@ -238,30 +243,31 @@ class Worker:
     # -- ending requests: every path goes through _end
 
     @staticmethod
-    def _delta(seq: Sequence, text: str, reasoning: str = "") -> TextDelta:
+    def _delta(seq: Sequence, text: str, reasoning: str = "", calls: tuple[CallDelta, ...] = ()) -> TextDelta:
         """`text`, with the log-probabilities of the tokens whose first byte it releases.
 
         Text is held back (a possible stop string, half a character), so a
         token's entry goes out with the delta that shows its text; the tokens
         of a stop string are never shown, and their entries never sent."""
         if seq.n_logprobs is None:
-            return TextDelta(text, (), reasoning)
+            return TextDelta(text, (), reasoning, calls)
         seq.n_bytes_released += len(text.encode()) + len(reasoning.encode())
         pending = seq.pending_logprobs
         n = 0
         while n < len(pending) and pending[n][0] < seq.n_bytes_released:
             n += 1
         if n == 0:
-            return TextDelta(text, (), reasoning)
+            return TextDelta(text, (), reasoning, calls)
         released = tuple(entry for _, entry in pending[:n])
         del pending[:n]
-        return TextDelta(text, released, reasoning)
+        return TextDelta(text, released, reasoning, calls)
 
     def _finish(self, seq: Sequence, finish_reason: str) -> None:
         tail = seq.text.flush()
         reasoning = seq.text.take_reasoning()
-        if tail or reasoning:
-            self._outbox.append((seq.sink, self._delta(seq, tail, reasoning)))
+        calls = seq.text.take_call_deltas()
+        if tail or reasoning or calls:
+            self._outbox.append((seq.sink, self._delta(seq, tail, reasoning, calls)))
         if seq.pending_logprobs and not seq.text.stopped:
             # Tokens that render as nothing at the very end (the rest went out with their text).
             self._outbox.append((seq.sink, TextDelta("", tuple(entry for _, entry in seq.pending_logprobs))))

@@ -108,10 +108,18 @@ def test_streamed_calls_equal_the_whole_replys(any_model: ServerProcess) -> None
     whole = chat(any_model.url, body).json()["choices"][0]["message"]["tool_calls"]
     chunks = sse_chunks(chat(any_model.url, {**body, "stream": True}).content)
     deltas = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls", [])]
-    assert [d["index"] for d in deltas] == list(range(len(whole)))
-    assert [(d["function"]["name"], d["function"]["arguments"]) for d in deltas] == [
+    streamed: dict[int, dict[str, Any]] = {}
+    for d in deltas:
+        if d["index"] not in streamed:  # a call's first piece: its id, type and name
+            assert d["id"].startswith("call_") and d["type"] == "function" and d["function"]["name"]
+            streamed[d["index"]] = {"name": d["function"]["name"], "arguments": ""}
+        else:
+            assert "name" not in d["function"] and "id" not in d
+        streamed[d["index"]]["arguments"] += d["function"]["arguments"]
+    assert [(s["name"], s["arguments"]) for _, s in sorted(streamed.items())] == [
         (c["function"]["name"], c["function"]["arguments"]) for c in whole
     ]
+    assert len(deltas) > 2, "the arguments came whole, not in pieces"
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
     assert all("<tool_call>" not in c["choices"][0]["delta"].get("content", "") for c in chunks)
 
@@ -157,3 +165,17 @@ def test_parallel_tool_calls_false_keeps_one_call(qwen: ServerProcess) -> None:
 def test_bad_tool_requests_are_400_naming_the_field(qwen: ServerProcess, body: dict[str, Any], param: str) -> None:
     error = error_of(chat(qwen.url, {"messages": QUESTION, **body}), 400)
     assert error["param"] == param, error
+
+
+def test_the_sdks_stream_helper_assembles_the_streamed_call(qwen: ServerProcess) -> None:
+    sdk = client(qwen)
+    with sdk.chat.completions.stream(
+        model="m", messages=QUESTION, tools=[WEATHER], tool_choice="required",  # type: ignore[list-item]
+    ) as stream:
+        kinds = {type(event).__name__ for event in stream}
+        final = stream.get_final_completion()
+    assert "FunctionToolCallArgumentsDeltaEvent" in kinds
+    [call] = final.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+    assert final.choices[0].finish_reason == "tool_calls"

@@ -87,6 +87,13 @@ class FakeMemory:
         self.floor[seq_id] = state.window_floor if state.window_floor >= 0 else None
         return True
 
+    def copy(self, source: int, target: int, n: int) -> None:
+        if self.cells.get(target):
+            raise AssertionError(f"copy into sequence {target}, which still holds cells")
+        self.cells[target] = [p for p in self.cells.get(source, []) if p < n]
+        floor = self.floor.get(source)
+        self.floor[target] = floor if floor is not None and floor < n else None
+
     def clear_memory(self) -> None:
         self.cells.clear()
         self.floor.clear()
@@ -164,8 +171,9 @@ class Client:
 
 
 def new_request(clients: list[Client], prompt: list[int], max_tokens: int, sampler: Any,
-                reuse_cache: bool = True) -> Sequence:
-    seq = Sequence(len(clients), prompt, max_tokens, sampler, TextPipeline((), False), None, reuse_cache)
+                reuse_cache: bool = True, leader: Sequence | None = None) -> Sequence:
+    seq = Sequence(len(clients), prompt, max_tokens, sampler, TextPipeline((), False), None, reuse_cache,
+                   leader=leader)
     client = Client(seq)
     seq.sink = client
     clients.append(client)
@@ -198,8 +206,13 @@ def submit(worker: Worker, rng: random.Random, prompts: list[list[int]], clients
     # The engine refuses prompts that cannot fit before they reach the worker.
     prompt = prompt[: worker.scheduler.n_ctx - 2]
     prompts.append(prompt)
-    seq = new_request(clients, prompt, rng.randint(1, 12), FakeSampler(rng), reuse_cache=rng.random() < 0.9)
-    worker.inbox.put(("submit", seq))
+    reuse_cache = rng.random() < 0.9
+    leader = None
+    for _ in range(rng.choice([1, 1, 1, 2, 3])):  # sometimes several choices of one prompt (n > 1)
+        seq = new_request(clients, prompt, rng.randint(1, 12), FakeSampler(rng), reuse_cache,
+                          leader if reuse_cache else None)
+        leader = leader or seq
+        worker.inbox.put(("submit", seq))
 
 
 def check_invariants(worker: Worker, memory: FakeMemory, clients: list[Client]) -> None:
@@ -283,6 +296,31 @@ def test_an_entry_found_for_admission_survives_the_parking_that_follows() -> Non
     assert ends[2].cached_tokens == len(p1) - 1
 
 
+def test_the_choices_of_one_prompt_share_its_prefill() -> None:
+    """n > 1: the first choice prefills the prompt; the others wait for it and
+    then decode only the last prompt token, on cells shared with it."""
+    rng = random.Random(3)
+    rng.random = lambda: 0.5  # type: ignore[method-assign]
+    worker, memory = make_worker(rng, n_slots=3, n_ctx=256, n_swa=0, cache_bytes=0)
+    clients: list[Client] = []
+    prompt = list(range(1, 41))
+    leader = None
+    for _ in range(3):
+        seq = new_request(clients, prompt, 4, FakeSampler(rng), leader=leader)
+        leader = leader or seq
+        worker.inbox.put(("submit", seq))
+    fed = []
+    while worker.scheduler.has_work or not worker.inbox.empty():
+        worker.run_once(block=False)
+        fed.append(len(memory.batch))
+        check_invariants(worker, memory, clients)
+    ends = [client.events[-1] for client in clients]
+    assert all(isinstance(end, Finished) for end in ends), ends
+    assert [end.cached_tokens for end in ends] == [0, len(prompt) - 1, len(prompt) - 1]
+    prefilled = sum(fed) - sum(end.completion_tokens for end in ends)
+    assert prefilled < len(prompt) + 2 * 2, f"{prefilled} prompt tokens decoded for one shared prompt"
+
+
 def test_a_long_state_comes_back_for_the_same_prompt_and_for_its_continuation() -> None:
     """Sliding-window states hold only the window: the saved copy must still serve a
     re-sent prompt (a regenerated reply) and the conversation's next turn."""
@@ -306,3 +344,40 @@ def test_a_long_state_comes_back_for_the_same_prompt_and_for_its_continuation() 
     run([60, 61, 62])
     continuation = long_prompt + [1, 1, 1, 7, 8]
     assert run(continuation).cached_tokens == len(long_prompt) + 3
+
+
+def test_a_call_marker_token_reaches_the_parser_only_for_requests_with_tools() -> None:
+    """Llama 3.x opens a call with <|python_tag|>, a control token that renders as nothing:
+    with tools offered, the engine renders it so the call is found; without, it stays invisible."""
+    from igllama.engine.tool_calls import PYTHON_TAG
+
+    call = '{"name": "get_weather", "parameters": {"city": "Paris"}}'
+    pieces = {1: b"Checking.", 2: b"", **{10 + i: c.encode() for i, c in enumerate(call)}}
+
+    class ScriptedModel(FakeModel):
+        call_markers = {2: PYTHON_TAG.encode()}
+
+        def piece(self, token: int) -> bytes:
+            return pieces[token]
+
+    class Script(FakeSampler):
+        def __init__(self) -> None:
+            super().__init__(random.Random(0))
+            self.tokens = iter([1, 2, *range(10, 10 + len(call)), EOG])
+
+        def sample(self, ctx: Any, index: int) -> int:
+            return next(self.tokens)
+
+    for tools, content, calls in [(("get_weather",), "Checking.", 1), ((), "Checking." + call, 0)]:
+        rng = random.Random(0)
+        rng.random = lambda: 0.5  # type: ignore[method-assign]
+        worker, memory = make_worker(rng, n_slots=1, n_ctx=256, n_swa=0, cache_bytes=0)
+        worker.model = ScriptedModel()  # type: ignore[assignment]
+        clients: list[Client] = []
+        seq = new_request(clients, [1, 2, 3], 200, Script())
+        seq.text = TextPipeline((), False, tools=tools)
+        end = serve_alone(worker, memory, clients, seq)
+        text = "".join(e.text for e in clients[0].events if isinstance(e, TextDelta))
+        assert (text, len(end.tool_calls)) == (content, calls)
+        if calls:
+            assert end.finish_reason == "tool_calls" and end.tool_calls[0].name == "get_weather"

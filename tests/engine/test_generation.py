@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from igllama.engine import Engine, PromptTooLongError, SamplingParams, TextDelta
+from igllama.engine import Engine, Finished, PromptTooLongError, SamplingParams, TextDelta
 from tests.conftest import late_stop_string
 from tests.engine.conftest import NEVER_STOP, ask, run
 
@@ -231,3 +231,41 @@ def test_more_slots_than_the_batch_holds_is_refused(model_path: str) -> None:
 
     with pytest.raises(ModelLoadError, match="8 slots cannot exceed the batch size"):
         Engine(EngineConfig(ModelConfig(model_path), n_ctx=256, n_batch=4, n_slots=8))
+
+
+async def collect(stream) -> tuple[str, Finished]:  # type: ignore[no-untyped-def]
+    text = []
+    async for event in stream:
+        if isinstance(event, TextDelta):
+            text.append(event.text)
+        else:
+            return "".join(text), event
+    raise AssertionError("the stream ended without a Finished event")
+
+
+async def test_n_choices_prefill_their_prompt_once(engine: Engine) -> None:
+    request = ask("Invent a name for a red boat, then explain it.", max_tokens=10,
+                  sampling=replace(NEVER_STOP, temperature=0.9, seed=5))
+    streams = await engine.submit_choices(request, 3)
+    results = await asyncio.gather(*(collect(stream) for stream in streams))
+    ends = [done for _, done in results]
+    assert ends[0].cached_tokens < ends[0].prompt_tokens - 1  # the first choice prefilled the prompt
+    # The other two decode only the last prompt token, on the first one's cells.
+    assert [done.cached_tokens for done in ends[1:]] == [ends[0].prompt_tokens - 1] * 2
+    assert all((done.finish_reason, done.completion_tokens) == ("length", 10) for done in ends)
+    assert len({text for text, _ in results}) > 1, "three seeded choices came out identical"
+
+
+async def test_a_request_shares_the_prefix_another_one_is_decoding(engine: Engine) -> None:
+    from igllama.engine import ChatMessage, CompletionRequest
+
+    system = ChatMessage("system", " ".join(f"Rule {i}: answer briefly and politely." for i in range(30)))
+    params = replace(NEVER_STOP, temperature=0)
+    first = await engine.submit(CompletionRequest((system, ChatMessage("user", "Hello!")), 40, params))
+    events = aiter(first)
+    await anext(events)  # the first request is decoding: its slot holds the system prompt
+    _, second = await run(engine, CompletionRequest((system, ChatMessage("user", "Goodbye!")), 4, params))
+    async for _ in events:
+        pass
+    # Only the user turn that differs is prefilled; the system prompt's cells are shared.
+    assert second.prompt_tokens - second.cached_tokens < 10, second

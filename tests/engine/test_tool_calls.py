@@ -45,6 +45,17 @@ CASES = [
     ('```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```', "", [weather("Paris")]),
     ('[{"name": "get_weather", "arguments": {"city": "X"}}, {"name": "get_time", "arguments": {}}]', "",
      [weather("X"), ToolCall("get_time", "{}")]),
+    # Llama 3.x: <|python_tag|> (a control token the engine renders for requests with tools), or none
+    ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}', "", [weather("Paris")]),
+    ('{"type": "function", "name": "get_weather", "parameters": {"city": "Bern"}}', "", [weather("Bern")]),
+    ('Checking.<|python_tag|>{"name": "get_weather", "parameters": {"city": "A"}}; '
+     '{"name": "get_time", "parameters": {}}', "Checking.", [weather("A"), ToolCall("get_time", "{}")]),
+    # Mistral v0.3: [TOOL_CALLS] and a JSON array; later tokenizers: name[ARGS]{...}, maybe [CALL_ID]
+    ('[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Nice"}, "id": "a1b2c3d4e"}]', "",
+     [weather("Nice")]),
+    ('[TOOL_CALLS]get_weather[ARGS]{"city": "Lyon"}', "", [weather("Lyon")]),
+    ('Sure.[TOOL_CALLS]get_weather[ARGS]{"city": "Lyon"}[TOOL_CALLS]get_time[CALL_ID]x1[ARGS]{}', "Sure.",
+     [weather("Lyon"), ToolCall("get_time", "{}")]),
 ]
 
 NOT_CALLS = [
@@ -55,6 +66,7 @@ NOT_CALLS = [
     "<tool_call>not json</tool_call> and text",  # closed, but no call: shown as it is
     "a < b and <tool_ but not a call",
     '[{"name": "get_weather", "arguments": {}}, 3]',  # one item is not a call: none of it is
+    '[ and ] and [TOOL_ and <|python',  # pieces of markers are text
 ]
 
 
@@ -97,3 +109,63 @@ def test_a_forced_call_continues_from_its_prefilled_opening() -> None:
     prefix = '<tool_call>\n{"name": "'
     content, calls, _ = parse('get_weather", "arguments": {"city": "Paris"}}\n</tool_call>', prefix=prefix)
     assert (content, calls) == ("", [weather("Paris")])
+
+
+def test_a_llama_builtin_tool_call_is_shown_as_text_without_its_marker() -> None:
+    reply = '<|python_tag|>brave_search.call(query="weather Paris")'
+    for split in every_split(reply):
+        assert parse(reply, split)[:2] == ('brave_search.call(query="weather Paris")', []), f"split at {split}"
+
+
+@pytest.mark.parametrize("reply", [
+    'Checking<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}',
+    'Checking[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}',
+])
+def test_no_marker_is_shown_before_a_tail_call_is_decided(reply: str) -> None:
+    for split in range(len(reply) + 1):
+        _, _, shown = parse(reply, split)
+        assert "".join(shown) == "Checking", f"split at {split}: {shown}"
+        for piece in shown:
+            assert "|" not in piece and "[" not in piece, f"split at {split}: {shown}"
+
+
+STREAMED = [
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+    'Text first. <tool_call>{"name": "get_time", "arguments": {"zone": "a}\\"{[", "n": [1, {"x": []}]}}</tool_call>'
+    '\n<tool_call>{"name": "get_weather", "parameters": {"city": "Oslo"}}</tool_call>',
+    '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}',  # never closed
+]
+
+
+@pytest.mark.parametrize("reply", STREAMED)
+def test_streamed_pieces_join_to_the_calls_a_whole_reply_reports(reply: str) -> None:
+    for split in every_split(reply):
+        parser = ToolCallParser(TOOLS)
+        pieces = [reply] if split is None else [reply[:split], reply[split:]]
+        deltas = []
+        for piece in pieces:
+            parser.feed(piece)
+            deltas += parser.take_deltas()
+        parser.finish()
+        deltas += parser.take_deltas()
+        names = {d.index: d.name for d in deltas if d.name}
+        arguments: dict[int, str] = {}
+        for d in deltas:
+            assert d.name or d.index in names, f"split at {split}: arguments before the name"
+            arguments[d.index] = arguments.get(d.index, "") + d.arguments
+        assert parser.n_streamed == len(parser.calls), f"split at {split}"
+        assert [ToolCall(names[i], arguments[i]) for i in sorted(names)] == parser.calls, f"split at {split}"
+        for call in parser.calls:
+            json.loads(call.arguments)
+
+
+def test_a_call_streams_token_by_token_without_its_closing_markup() -> None:
+    parser = ToolCallParser(TOOLS, prefix='<tool_call>\n{"name": "')
+    reply = 'get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    pieces = []
+    for c in reply:
+        parser.feed(c)
+        pieces += [d.arguments for d in parser.take_deltas()]
+    assert parser.finish() == ""
+    assert pieces[0] == "" and "".join(pieces) == '{"city": "Paris"}'
+    assert len(pieces) > 10, "the arguments came out whole, not in pieces"
