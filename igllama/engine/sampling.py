@@ -134,7 +134,9 @@ class Sampler:
         logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, output_index), shape=(self._n_vocab,))
         token = self._choose(logits, through_grammar=False)
         if not self._allowed(token):
-            token = self._choose(logits, through_grammar=True)
+            token = self._best_allowed(logits) if self._chain is None else -1
+            if token < 0:
+                token = self._choose(logits, through_grammar=True)
         if self._chain is not None:
             llama.llama_sampler_accept(self._chain, token)
         llama.llama_sampler_accept(self._grammar, token)
@@ -156,6 +158,16 @@ class Sampler:
         llama.llama_sampler_apply(self._chain, ctypes.byref(view))
         return int(candidates["id"][view.selected])
 
+    def _best_allowed(self, logits: np.ndarray) -> int:
+        """Plain greedy after a refusal: the most likely token the grammar allows
+        among the next few, checked one by one (what a pass of the grammar over
+        the whole vocabulary would pick, for a fraction of its cost); -1 if none is."""
+        top = np.argpartition(logits, -_GREEDY_TRIES)[-_GREEDY_TRIES:]
+        for token in top[np.lexsort((top, -logits[top]))]:  # by logit, then id, as argmax breaks ties
+            if self._allowed(int(token)):
+                return int(token)
+        return -1
+
     def _allowed(self, token: int) -> bool:
         one, view = self._one, self._one_view
         one["id"][0], one["logit"][0], one["p"][0] = token, 0.0, 0.0
@@ -174,6 +186,10 @@ class Sampler:
     def __del__(self) -> None:
         self.close()
 
+
+# Tokens a greedy request tries, best first, after the grammar refused its first
+# choice, before it runs the grammar over the whole vocabulary.
+_GREEDY_TRIES = 256
 
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
