@@ -179,3 +179,21 @@ def test_the_sdks_stream_helper_assembles_the_streamed_call(qwen: ServerProcess)
     assert call.function.name == "get_weather"
     assert isinstance(json.loads(call.function.arguments)["city"], str)
     assert final.choices[0].finish_reason == "tool_calls"
+
+
+async def test_the_async_client_gets_a_streamed_call(qwen: ServerProcess) -> None:
+    from openai import AsyncOpenAI
+
+    sdk = AsyncOpenAI(base_url=qwen.base_url, api_key="unused")
+    stream = await sdk.chat.completions.create(
+        model="m", messages=QUESTION, tools=[WEATHER], tool_choice="required", stream=True,  # type: ignore[list-item]
+    )
+    names, arguments = [], ""
+    async for chunk in stream:
+        for piece in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+            if piece.function and piece.function.name:
+                names.append(piece.function.name)
+            arguments += piece.function.arguments or "" if piece.function else ""
+    await sdk.close()
+    assert names == ["get_weather"]
+    assert isinstance(json.loads(arguments)["city"], str)
