@@ -9,7 +9,7 @@ listens and stops gracefully.
 from .errors import HTTPError, ListenError, ParseError, default_error_body
 from .limits import Limits
 from .message import Headers, Request
-from .response import EventStream, Response
+from .response import NDJSON, SSE, EventStream, Response
 from .router import Handler, Router
 from .server import Server, run_until_signal, serve, wait_for_signal
 
@@ -20,10 +20,12 @@ __all__ = [
     "Headers",
     "Limits",
     "ListenError",
+    "NDJSON",
     "ParseError",
     "Request",
     "Response",
     "Router",
+    "SSE",
     "Server",
     "default_error_body",
     "run_until_signal",

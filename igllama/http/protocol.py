@@ -252,6 +252,7 @@ class HTTPProtocol(asyncio.Protocol):
         chunked = request.http_version == "1.1"
         connection = self._connection_field(request) if chunked else CLOSE
         events = stream.events
+        framed = stream.framed
         flow = self._flow
         # The head goes out with the first frame, so that an error raised
         # before any event can still be an ordinary error response.
@@ -259,7 +260,7 @@ class HTTPProtocol(asyncio.Protocol):
         failure: Response | None = None
         try:
             async for payload in events:
-                frame = encode_event(payload, chunked)
+                frame = encode_event(payload, chunked, framed)
                 if head is not None:
                     frame = head + frame
                     head = None
@@ -316,11 +317,12 @@ class HTTPProtocol(asyncio.Protocol):
         """Write a whole response; True when the connection stays open."""
         if self._closing:
             return False
+        head_only = request.method == "HEAD"
         if request.keep_alive and not self._stopping:
             connection = KEEP_OPEN if request.http_version == "1.1" else KEEP_ALIVE_1_0
-            self._transport.write(encode_response(response, connection))
+            self._transport.write(encode_response(response, connection, head_only))
             return True
-        self._transport.write(encode_response(response, CLOSE))
+        self._transport.write(encode_response(response, CLOSE, head_only))
         self._close()
         return False
 

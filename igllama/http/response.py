@@ -34,13 +34,14 @@ KEEP_OPEN: Final = b""
 CLOSE: Final = b"Connection: close\r\n"
 KEEP_ALIVE_1_0: Final = b"Connection: keep-alive\r\n"
 
-_SSE_FIELDS: Final = (
-    b"Content-Type: text/event-stream\r\n"
+_STREAM_FIELDS: Final = (
     b"Cache-Control: no-cache\r\n"
     # Reverse proxies such as nginx buffer responses unless told not to,
     # which would hold tokens back from the client.
     b"X-Accel-Buffering: no\r\n"
 )
+SSE: Final = b"text/event-stream"
+NDJSON: Final = b"application/x-ndjson"
 _CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
 LAST_CHUNK: Final = b"0\r\n\r\n"
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -152,26 +153,31 @@ class EventStream:
 
     events: AsyncIterator[bytes]
     headers: Sequence[tuple[bytes, bytes]] = ()
+    # SSE frames each payload as `data: ...`; any other type (NDJSON, or SSE
+    # with named events the caller writes itself) sends payloads as they are.
+    content_type: bytes = SSE
+    framed: bool = True
 
     def __post_init__(self) -> None:
         if self.headers:
             check_header_fields(self.headers)
 
 
-def encode_response(response: Response, connection: bytes) -> bytes:
-    """The bytes of a whole response; ``connection`` is CLOSE, KEEP_ALIVE_1_0 or KEEP_OPEN."""
+def encode_response(response: Response, connection: bytes, head_only: bool = False) -> bytes:
+    """The bytes of a whole response; ``connection`` is CLOSE, KEEP_ALIVE_1_0 or KEEP_OPEN.
+    ``head_only`` (a HEAD request) keeps the Content-Length and leaves the body out."""
     # Field order carries no meaning between different names (RFC 9110
     # §5.3), so the fields that change per send come last. (date_line()
     # inlined: this runs once per response.)
     second = int(time.time())
     if second != _date_second:
         _format_date(second)
-    return b"".join((response._fixed_head, _date_field, connection, b"\r\n", response.body))
+    return b"".join((response._fixed_head, _date_field, connection, b"\r\n", b"" if head_only else response.body))
 
 
 def encode_stream_head(stream: EventStream, chunked: bool, connection: bytes) -> bytes:
     """The head of an SSE response; ``chunked`` frames the body (HTTP/1.1 only)."""
-    parts = [_status_line(200), date_line(), _COMMON, _SSE_FIELDS]
+    parts = [_status_line(200), date_line(), _COMMON, b"Content-Type: ", stream.content_type, b"\r\n", _STREAM_FIELDS]
     if chunked:
         parts.append(_CHUNKED)
     for name, value in stream.headers:
@@ -180,9 +186,11 @@ def encode_stream_head(stream: EventStream, chunked: bool, connection: bytes) ->
     return b"".join(parts)
 
 
-def encode_event(payload: bytes, chunked: bool) -> bytes:
-    """One SSE frame for ``payload``, as one chunk when ``chunked``."""
-    if b"\n" in payload or b"\r" in payload:
+def encode_event(payload: bytes, chunked: bool, framed: bool = True) -> bytes:
+    """One SSE frame for ``payload`` (the payload itself unless ``framed``), as one chunk when ``chunked``."""
+    if not framed:
+        frame = payload
+    elif b"\n" in payload or b"\r" in payload:
         # The SSE format ends a field at any line break, so a multi-line
         # payload must become one "data:" line per line of text.
         frame = b"".join([b"data: " + line + b"\n" for line in payload.splitlines()]) + b"\n"

@@ -89,7 +89,8 @@ class Router:
         """The route for a request; never fails, unknown requests get an error route."""
         methods = self._routes.get(path)
         if methods is not None:
-            route = methods.get(method)
+            # RFC 9110 §9.3.2: HEAD is GET without the body (which the protocol leaves out).
+            route = methods.get(method) or (methods.get("GET") if method == "HEAD" else None)
             if route is not None:
                 return route
         if method == "OPTIONS":

@@ -139,6 +139,18 @@ async def test_keep_alive_serves_two_requests_on_one_socket(server: Server) -> N
     writer.close()
 
 
+async def test_head_is_get_without_the_body_and_the_connection_goes_on(server: Server) -> None:
+    reader, writer = await connect(server)
+    writer.write(b"HEAD /health HTTP/1.1\r\nHost: test\r\n\r\n" + GET_HEALTH)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert head.startswith(b"HTTP/1.1 200")
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    assert length == len(orjson.dumps({"status": "ok", "model": "loaded"}))  # the GET's, without its bytes
+    reply = await read_reply(reader)  # the next response starts right after the head
+    assert reply.status == 200 and orjson.loads(reply.body)["status"] == "ok"
+    writer.close()
+
+
 async def test_pipelined_requests_come_back_in_order(server: Server) -> None:
     reader, writer = await connect(server)
     writer.write(
