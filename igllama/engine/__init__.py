@@ -11,6 +11,7 @@ from igllama.engine.errors import (
     ShuttingDown,
 )
 from igllama.engine.grammar import SchemaError, json_grammar
+from igllama.engine.infill import ExtraFile, NoFimError
 from igllama.engine.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 from igllama.engine.model import ModelConfig, ModelLoadError
 from igllama.engine.runner import default_threads
@@ -34,11 +35,13 @@ __all__ = [
     "EngineError",
     "EngineFailure",
     "EngineUnavailable",
+    "ExtraFile",
     "Finished",
     "GenerationStream",
     "InputError",
     "ModelConfig",
     "ModelLoadError",
+    "NoFimError",
     "PromptTooLongError",
     "SamplingParams",
     "SchemaError",

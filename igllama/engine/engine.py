@@ -18,13 +18,14 @@ import itertools
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from igllama.engine.embeddings import Embedder, EmbeddingJob, EmbeddingResult
 from igllama.engine.errors import CapacityError, EngineUnavailable, InputError
 from igllama.engine.grammar import auto_call_grammar, forced_call_grammar
+from igllama.engine.infill import ExtraFile, check_token_ids, infill_prompt
 from igllama.engine.model import Model, ModelConfig, ModelLoadError
 from igllama.engine.prompt_cache import PromptCache
 from igllama.engine.runner import ContextConfig, Runner, default_threads
@@ -214,19 +215,34 @@ class Engine:
 
     def prompt_tokens(self, request: CompletionRequest) -> list[int]:
         """The tokenized prompt for `request`; refuses one that cannot fit."""
+        if request.prompt:
+            tokens = list(request.prompt)
+            check_token_ids(self.model, tokens)
+        else:
+            tokens = self.model.tokenize_prompt(self.render(request))
+            if not tokens:
+                raise TemplateError("the chat template rendered an empty prompt")
+        if len(tokens) >= self.n_ctx:
+            raise PromptTooLongError(len(tokens), self.n_ctx)
+        return tokens
+
+    def render(self, request: CompletionRequest) -> str:
+        """The prompt text the chat template makes of the request's messages."""
         tools = request.offered_tools
-        text = self.template.render(
+        return self.template.render(
             request.messages,
             no_think=self.no_think(request),
             tools=tools,
             opening=request.tool_choice.forced_opening() if tools else "",
         )
-        tokens = self.model.tokenize_prompt(text)
-        if not tokens:
-            raise TemplateError("the chat template rendered an empty prompt")
-        if len(tokens) >= self.n_ctx:
-            raise PromptTooLongError(len(tokens), self.n_ctx)
-        return tokens
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Token ids of `text` (BOS first where the model wants one, with `add_special`)."""
+        return self.model.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def infill_prompt(self, prefix: str, suffix: str, extra: Sequence[ExtraFile] = ()) -> list[int]:
+        """Token ids asking for the code between `prefix` and `suffix` (`NoFimError` without FIM tokens)."""
+        return infill_prompt(self.model, prefix, suffix, extra)
 
     def _sampling(self, request: CompletionRequest) -> SamplingParams:
         """The request's sampling, with the grammar its reply follows: a forced
@@ -243,13 +259,15 @@ class Engine:
     def _reasoning_splitter(self, request: CompletionRequest, prompt: list[int]) -> ReasoningSplitter | None:
         """A splitter for a thinking model's reasoning, unless kept inline or thinking is off."""
         split = self.config.split_reasoning if request.split_reasoning is None else request.split_reasoning
-        if not split or not self.thinks or self.no_think(request):
-            return None
+        if not split or not self.thinks or self.no_think(request) or request.prompt:
+            return None  # (a raw prompt's continuation is text, as it comes)
         tail = b"".join(self.model.piece(token) for token in prompt[-4:]).decode("utf-8", errors="replace")
         return ReasoningSplitter(opened=tail.rstrip().endswith(THINK_OPEN))
 
     def no_think(self, request: CompletionRequest) -> bool:
-        """Whether this request's reply opens with an empty think block."""
+        """Whether this request's reply opens with an empty think block (never for raw prompts)."""
+        if request.prompt:
+            return False
         wanted = self.config.no_think if request.no_think is None else request.no_think
         return wanted and self.thinks
 

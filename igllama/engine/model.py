@@ -12,6 +12,7 @@ import ctypes
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +99,12 @@ class Model:
         self.n_swa: int = llama.llama_model_n_swa(self._model)
         self.add_bos: bool = llama.llama_vocab_get_add_bos(self.vocab)
         self.architecture = self.metadata("general.architecture") or ""
-        self.bos_text = self._special_text(llama.llama_vocab_bos(self.vocab))
+        self.bos_token: int = llama.llama_vocab_bos(self.vocab)
+        self.bos_text = self._special_text(self.bos_token)
         self.eos_text = self._special_text(llama.llama_vocab_eos(self.vocab))
         self._piece_buffer = ctypes.create_string_buffer(256)
         self._pieces: dict[int, bytes] = {}
+        self.fim = _fim_tokens(self.vocab)
         # Control tokens that mark tool calls (Llama's <|python_tag|>, Mistral's
         # [TOOL_CALLS]...), with their text: rendered for requests with tools.
         self.call_markers: dict[int, bytes] = {}
@@ -171,6 +174,33 @@ class Model:
         self._pieces[token] = piece
         return piece
 
+    def token_text(self, token: int) -> bytes:
+        """A token's bytes with special tokens written out (`<|im_end|>`), for tokenizer tools."""
+        buf = ctypes.create_string_buffer(256)
+        n = llama.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text of `tokens`, special tokens written out."""
+        return b"".join(self.token_text(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def describe(self) -> ModelFacts:
+        """Size, quantization and file facts, for listings (Ollama's /api/tags and /api/show)."""
+        buf = ctypes.create_string_buffer(256)
+        llama.llama_model_desc(self._model, buf, len(buf))
+        desc = buf.value.decode("utf-8", errors="replace")  # "<arch> <size> <file type>"
+        n_params = int(llama.llama_model_n_params(self._model))
+        stat = os.stat(self.path)
+        return ModelFacts(
+            parameter_size=f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else f"{n_params / 1e6:.0f}M",
+            quantization=desc.split(" ", 2)[2] if desc.count(" ") >= 2 else "",
+            file_size=stat.st_size,
+            modified_at=datetime.fromtimestamp(stat.st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+
     def is_eog(self, token: int) -> bool:
         return bool(llama.llama_vocab_is_eog(self.vocab, token))
 
@@ -182,6 +212,33 @@ class Model:
 
     def __del__(self) -> None:
         self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    parameter_size: str  # "135M", "1.5B"
+    quantization: str  # llama.cpp's name of the file type, "Q4_K - Medium"
+    file_size: int  # bytes
+    modified_at: str  # the file's mtime, RFC 3339
+
+
+@dataclass(frozen=True, slots=True)
+class FimTokens:
+    """A code model's fill-in-the-middle tokens; `repo` and `file_sep` (-1 if absent)
+    introduce other files of the project (Qwen2.5-Coder's repository-level form)."""
+
+    prefix: int
+    suffix: int
+    middle: int
+    repo: int = -1
+    file_sep: int = -1
+
+
+def _fim_tokens(vocab: Any) -> FimTokens | None:
+    tokens = (llama.llama_vocab_fim_pre(vocab), llama.llama_vocab_fim_suf(vocab), llama.llama_vocab_fim_mid(vocab))
+    if min(tokens) < 0:
+        return None
+    return FimTokens(*tokens, llama.llama_vocab_fim_rep(vocab), llama.llama_vocab_fim_sep(vocab))
 
 
 def _progress_callback(progress: ProgressCallback | None) -> Any:

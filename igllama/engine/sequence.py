@@ -44,6 +44,9 @@ class CompletionRequest:
     grammar: str = ""  # GBNF the reply must follow (structured output), "" for none
     # Reasoning (<think>...</think>) apart from the answer; None: the server's default.
     split_reasoning: bool | None = None
+    # Token ids to continue, instead of `messages` through the chat template
+    # (text completions, fill-in-the-middle): the engine applies no template.
+    prompt: tuple[int, ...] = ()
 
     @property
     def offered_tools(self) -> tuple[ToolSpec, ...]:
@@ -72,6 +75,7 @@ class Finished:
     prefill_ms: float
     generation_ms: float
     tool_calls: tuple[ToolCall, ...] = ()
+    stop_string: str = ""  # the stop string that ended the reply, if one did
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -168,6 +172,7 @@ class Sequence:
         return Finished(
             finish_reason="tool_calls" if calls else finish_reason,
             tool_calls=calls,
+            stop_string=self.text.matched_stop,
             prompt_tokens=len(self.prompt),
             cached_tokens=self.n_cached,
             completion_tokens=self.n_generated,

@@ -41,6 +41,11 @@ class GenerationStream:
         self._on_end = on_end
         self._ended = False
 
+    @property
+    def prompt_tokens(self) -> int:
+        """The length of the request's prompt, known from the moment it is submitted."""
+        return len(self.sequence.prompt) if self.sequence is not None else 0
+
     def fail(self, error: EngineError) -> None:
         """End the stream with `error` and cancel the request in the engine."""
         if not self._ended:

@@ -76,6 +76,7 @@ class ChatTemplate:
         if (jinja_source is None) == (builtin_name is None):
             raise ValueError("give exactly one of jinja_source and builtin_name")
         self.builtin_name = builtin_name
+        self.source = jinja_source or ""  # the Jinja text ("" for a built-in format)
         self.bos_token = bos_token
         self.eos_token = eos_token
         self._jinja: jinja2.Template | None = None

@@ -136,20 +136,22 @@ class ReasoningSplitter:
 class StopMatcher:
     """Finds stop strings across token boundaries without ever emitting them."""
 
-    __slots__ = ("_held", "_stops", "stopped")
+    __slots__ = ("_held", "_stops", "matched", "stopped")
 
     def __init__(self, stops: Sequence[str]) -> None:
         self._stops = tuple(s for s in stops if s)
         self._held = ""
         self.stopped = False
+        self.matched = ""  # the stop string that ended the text
 
     def feed(self, text: str) -> str:
         """Text that is safe to emit now; sets `stopped` when a stop string matched."""
         if not self._stops:
             return text
         buffer = self._held + text
-        cut = min((i for i in (buffer.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, stop) for stop in self._stops if (i := buffer.find(stop)) >= 0]
+        if found:
+            cut, self.matched = min(found)
             self._held = ""
             self.stopped = True
             return buffer[:cut]
@@ -199,6 +201,11 @@ class TextPipeline:
     @property
     def stopped(self) -> bool:
         return self._stop.stopped
+
+    @property
+    def matched_stop(self) -> str:
+        """The stop string that ended the reply ("" if none did)."""
+        return self._stop.matched
 
     def take_call_deltas(self) -> tuple[CallDelta, ...]:
         """Pieces of tool calls released since the last call (with tools)."""
