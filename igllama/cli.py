@@ -41,6 +41,7 @@ class ServerConfig:
     verbose: bool = False
     max_queue: int = 256
     reasoning_format: str = "auto"
+    responses_store: int = 256
     shutdown_timeout: float = 30.0
     using_demo: bool = False
 
@@ -124,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a thinking model's <think> block: in reasoning_content (auto, deepseek) or inline (none)")
     api.add_argument("--max-queue", type=_int, default=256, metavar="N",
                      help="requests that may wait for a slot; more get 503 with Retry-After (default 256)")
+    api.add_argument("--responses-store", type=_int, default=256, metavar="N",
+                     help="Responses API responses kept in memory for previous_response_id (default 256, 0 none)")
     api.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                      help="on SIGTERM/SIGINT, how long requests in flight may finish (default 30)")
     api.add_argument("-v", "--verbose", action="store_true", help="log llama.cpp's own messages too")
@@ -155,6 +158,8 @@ def parse_config(argv: list[str]) -> ServerConfig:
         fail(f"--cache-ram must be 0 or more, not {args.cache_ram}")
     if args.max_queue < 0:
         fail(f"--max-queue must be 0 or more, not {args.max_queue}")
+    if args.responses_store < 0:
+        fail(f"--responses-store must be 0 or more, not {args.responses_store}")
     if args.chat_template:
         _check_chat_template(args.chat_template)
     return ServerConfig(
@@ -164,7 +169,7 @@ def parse_config(argv: list[str]) -> ServerConfig:
         cache_ram=args.cache_ram,
         api_key=args.api_key, alias=args.alias, chat_template=args.chat_template, verbose=args.verbose,
         max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout, reasoning_format=args.reasoning_format,
-        using_demo=using_demo,
+        responses_store=args.responses_store, using_demo=using_demo,
     )
 
 

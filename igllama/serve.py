@@ -59,7 +59,7 @@ def serve(config: ServerConfig) -> int:
 
 async def _serve(config: ServerConfig) -> int:
     model_id = config.alias or Path(config.model).name
-    app = App(AppSettings(model_id, config.max_tokens, config.temp, config.api_key))
+    app = App(AppSettings(model_id, config.max_tokens, config.temp, config.api_key, config.responses_store))
     try:
         server = await Server.start(app.router, config.host, config.port, limits=Limits(), error_body=error_body)
     except ListenError as exc:

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from igllama.api import responses
-from igllama.api.choices import Reply, combined, interleave
+from igllama.api import anthropic, completions, ollama, responses_api, utility
+from igllama.api.choices import Outcome, Reply, combined, interleave
 from igllama.api.errors import RETRY_AFTER, APIError, from_engine
 from igllama.api.requests import ChatCall, Defaults, parse_chat, parse_embeddings, parse_json
 from igllama.api.tools import StreamedCalls, reply_calls
@@ -31,12 +32,18 @@ HEALTH_OK = Response.json(200, {"status": "ok", "model": "loaded"})
 _RETRY = ((b"Retry-After", str(RETRY_AFTER).encode()),)
 
 
+def _openai_error(error: APIError) -> list[bytes]:
+    """A failure in the middle of an OpenAI stream: the error object, then the usual end."""
+    return [error.body, b"[DONE]"]
+
+
 @dataclass(frozen=True, slots=True)
 class AppSettings:
     model_id: str
     max_tokens: int = 2048
     temperature: float = 0.7
     api_key: str | None = None
+    responses_store: int = 256  # stored Responses API responses kept for previous_response_id
 
 
 class App:
@@ -52,9 +59,14 @@ class App:
         self.defaults = Defaults(settings.max_tokens, settings.temperature)
         self.router = Router()
         self.router.add("GET", "/health", self.health)
-        self.router.add("GET", "/v1/models", self._guarded(self.list_models))
-        self.router.add("POST", "/v1/chat/completions", self._guarded(self.chat_completions))
-        self.router.add("POST", "/v1/embeddings", self._guarded(self.embeddings))
+        self.add("GET", "/v1/models", self.list_models)
+        self.add("POST", "/v1/chat/completions", self.chat_completions)
+        self.add("POST", "/v1/embeddings", self.embeddings)
+        completions.routes(self)
+        utility.routes(self)
+        anthropic.routes(self)
+        ollama.routes(self)
+        responses_api.routes(self, responses_api.ResponseStore(settings.responses_store))
 
     def set_engine(self, engine: Engine) -> None:
         self.defaults = Defaults(self.settings.max_tokens, self.settings.temperature, engine.model.n_vocab)
@@ -83,7 +95,7 @@ class App:
         return Response.json(200, responses.models(self.settings.model_id, self.created))
 
     async def chat_completions(self, request: Request) -> Response | EventStream:
-        engine = self._engine()
+        engine = self.engine_or_503()
         started = time.perf_counter()
         call = parse_chat(parse_json(request.body), self.defaults)
         try:
@@ -92,28 +104,10 @@ class App:
             raise from_engine(exc, "messages") from None
         model = call.model or self.settings.model_id
         if call.stream:
-            return EventStream(self._stream(streams, call, model, request, started))
-        wants_logprobs = call.request.logprobs is not None
-        replies = [Reply(logprobs=[] if wants_logprobs else None) for _ in streams]
-        status = 499  # unless the loop below ends otherwise: the client went away
-        try:
-            async for i, event in interleave(streams):
-                replies[i].add(event)
-            status = 200
-        except EngineError as exc:
-            error = from_engine(exc, "messages")
-            status = error.status
-            raise error from None
-        finally:
-            for stream in streams:
-                await stream.aclose()
-            if status != 200:
-                self._log_access(request, status, started, None)
-        ends = [reply.done for reply in replies]
-        if None in ends:
-            raise RuntimeError("the engine ended a completion without its final event")
-        total = combined(ends)
-        self._log_access(request, 200, started, total)
+            outcome = Outcome()
+            frames = self._chunks(streams, call, model, outcome)
+            return EventStream(self.guard_stream(request, streams, started, "messages", frames, _openai_error, outcome))
+        replies, total = await self.gather(request, streams, started, call.request.logprobs is not None)
         choices = [
             responses.choice(
                 i, reply.text, reply.done, reply.logprobs,
@@ -124,56 +118,36 @@ class App:
         body = responses.chat_completion(responses.completion_id(), responses.now(), model, choices, total)
         return Response.json(200, body)
 
-    async def _stream(
-        self, streams: list[GenerationStream], call: ChatCall, model: str, request: Request, started: float
+    async def _chunks(
+        self, streams: list[GenerationStream], call: ChatCall, model: str, outcome: Outcome
     ) -> AsyncIterator[bytes]:
         cid, created = responses.completion_id(), responses.now()
         writers = [responses.ChunkWriter(cid, created, model, i) for i in range(len(streams))]
         calls = [StreamedCalls(call.parallel_tool_calls) for _ in streams]
         ends: list[Finished | None] = [None] * len(streams)
-        total: Finished | None = None
-        status = 499  # unless the stream ends otherwise: the client went away
-        try:
-            for chunks in writers:
-                yield chunks.role()
-            async for i, event in interleave(streams):
-                chunks = writers[i]
-                if isinstance(event, TextDelta):
-                    if event.reasoning:
-                        yield chunks.reasoning(event.reasoning)
-                    if event.text or event.logprobs:
-                        yield chunks.content(event.text, event.logprobs)
-                    if event.calls and (pieces := calls[i].pieces(event.calls)):
-                        yield chunks.tool_calls(pieces)
-                    continue
-                ends[i] = event
-                if rest := calls[i].rest(event.tool_calls):
-                    yield chunks.tool_calls(rest)
-                yield chunks.finish(event)
-            if None not in ends:
-                total = combined(ends)
-                if call.include_usage:
-                    yield writers[0].usage(total)
-            status = 200
-            yield b"[DONE]"
-        except Exception as exc:
-            # The status line is long gone: report the failure in-band, as
-            # OpenAI does, then end the stream the usual way.
-            if isinstance(exc, EngineError):
-                error = from_engine(exc, "messages")
-            else:
-                log.exception("streamed completion failed")
-                error = APIError(500, "generation failed; see the server log")
-            status = error.status
-            yield error.body
-            yield b"[DONE]"
-        finally:
-            for stream in streams:
-                await stream.aclose()
-            self._log_access(request, status, started, total)
+        for chunks in writers:
+            yield chunks.role()
+        async for i, event in interleave(streams):
+            chunks = writers[i]
+            if isinstance(event, TextDelta):
+                if event.reasoning:
+                    yield chunks.reasoning(event.reasoning)
+                if event.text or event.logprobs:
+                    yield chunks.content(event.text, event.logprobs)
+                if event.calls and (pieces := calls[i].pieces(event.calls)):
+                    yield chunks.tool_calls(pieces)
+                continue
+            ends[i] = event
+            if rest := calls[i].rest(event.tool_calls):
+                yield chunks.tool_calls(rest)
+            yield chunks.finish(event)
+        outcome.total = combined(ends)
+        if call.include_usage:
+            yield writers[0].usage(outcome.total)
+        yield b"[DONE]"
 
     async def embeddings(self, request: Request) -> Response:
-        engine = self._engine()
+        engine = self.engine_or_503()
         started = time.perf_counter()
         call = parse_embeddings(parse_json(request.body))
         try:
@@ -181,7 +155,7 @@ class App:
         except EngineError as exc:
             raise from_engine(exc, "input") from None
         except asyncio.CancelledError:
-            self._log_access(request, 499, started, None)
+            self.log_access(request, 499, started, None)
             raise
         body = responses.embeddings(result, call.model or self.settings.model_id, call.base64)
         elapsed_ms = (time.perf_counter() - started) * 1000
@@ -191,9 +165,64 @@ class App:
         )
         return Response(200, body)
 
-    # -- plumbing
+    # -- what every dialect's handlers share
 
-    def _engine(self) -> Engine:
+    async def gather(
+        self, request: Request, streams: list[GenerationStream], started: float, wants_logprobs: bool,
+        param: str = "messages",
+    ) -> tuple[list[Reply], Finished]:
+        """Every choice's whole reply and their totals; an engine error becomes an `APIError`
+        about `param`. The access log gets its line either way."""
+        replies = [Reply(logprobs=[] if wants_logprobs else None) for _ in streams]
+        status = 499  # unless the loop below ends otherwise: the client went away
+        try:
+            async for i, event in interleave(streams):
+                replies[i].add(event)
+            status = 200
+        except EngineError as exc:
+            error = from_engine(exc, param)
+            status = error.status
+            raise error from None
+        finally:
+            for stream in streams:
+                await stream.aclose()
+            if status != 200:
+                self.log_access(request, status, started, None)
+        ends = [reply.done for reply in replies]
+        if None in ends:
+            raise RuntimeError("the engine ended a completion without its final event")
+        total = combined(ends)
+        self.log_access(request, 200, started, total)
+        return replies, total
+
+    async def guard_stream(
+        self, request: Request, streams: list[GenerationStream], started: float, param: str,
+        frames: AsyncIterator[bytes], error_frames: Callable[[APIError], list[bytes]], outcome: Outcome,
+    ) -> AsyncIterator[bytes]:
+        """`frames`, then: the status line is long gone, so a failure is reported
+        in-band (`error_frames`, in the dialect's shape); the requests are
+        cancelled if the client goes away, and the access log gets its line."""
+        status = 499  # unless the stream ends otherwise: the client went away
+        try:
+            async for frame in frames:
+                yield frame
+            status = 200
+        except Exception as exc:
+            if isinstance(exc, EngineError):
+                error = from_engine(exc, param)
+            else:
+                log.exception("streamed completion failed")
+                error = APIError(500, "generation failed; see the server log")
+            status = error.status
+            for frame in error_frames(error):
+                yield frame
+        finally:
+            await frames.aclose()  # type: ignore[attr-defined]
+            for stream in streams:
+                await stream.aclose()
+            self.log_access(request, status, started, outcome.total)
+
+    def engine_or_503(self) -> Engine:
         if self.draining:
             raise APIError(503, "the server is shutting down; send the request elsewhere or retry later",
                            code="shutting_down", retry_after=RETRY_AFTER)
@@ -202,27 +231,33 @@ class App:
                            retry_after=RETRY_AFTER)
         return self.engine
 
-    def _guarded(self, handler: AsyncHandler) -> AsyncHandler:
-        """API-key check and OpenAI-shaped errors around a handler."""
-        expected = f"Bearer {self.settings.api_key}".encode() if self.settings.api_key else None
+    def add(self, method: str, path: str, handler: AsyncHandler,
+            errors: Callable[[APIError], Response] = APIError.response) -> None:
+        """Serve `handler` behind the API key, its errors written by `errors` (the dialect's shape)."""
+        self.router.add(method, path, self._guarded(handler, errors))
+
+    def _guarded(self, handler: AsyncHandler, errors: Callable[[APIError], Response]) -> AsyncHandler:
+        """API-key check (`Authorization: Bearer`, or Anthropic's `x-api-key`) and errors in shape."""
+        key = self.settings.api_key.encode() if self.settings.api_key else None
 
         async def guarded(request: Request) -> Response | EventStream:
-            if expected is not None:
+            if key is not None:
                 given = (request.headers.get("authorization") or "").encode()
-                if not hmac.compare_digest(given, expected):
-                    return APIError(
+                if not (hmac.compare_digest(given, b"Bearer " + key)
+                        or hmac.compare_digest((request.headers.get("x-api-key") or "").encode(), key)):
+                    return errors(APIError(
                         401, "a valid API key is required: send Authorization: Bearer <key>", code="invalid_api_key"
-                    ).response()
+                    ))
             try:
                 return await handler(request)
             except APIError as exc:
                 if exc.status != 503 or self.engine is not None:  # not the load-time polling
                     access_log.info("%s %s %d %s", request.method, request.path, exc.status, exc.message)
-                return exc.response()
+                return errors(exc)
 
         return guarded
 
-    def _log_access(self, request: Request, status: int, started: float, done: Finished | None) -> None:
+    def log_access(self, request: Request, status: int, started: float, done: Finished | None) -> None:
         elapsed_ms = (time.perf_counter() - started) * 1000
         if done is None:
             what = "client went away" if status == 499 else "failed"

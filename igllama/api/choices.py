@@ -58,6 +58,13 @@ class Reply:
         return "".join(self.thoughts)
 
 
+@dataclass(slots=True)
+class Outcome:
+    """What a streamed reply came to, for the access log once it ends."""
+
+    total: Finished | None = None
+
+
 def combined(ends: Sequence[Finished]) -> Finished:
     """The totals of all choices, as OpenAI's `usage` counts them: the prompt
     once, the generated tokens of every choice; generation time is the longest."""

@@ -56,3 +56,11 @@ def _schema(raw: Any, where: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise APIError(400, f"{where} must be a JSON Schema object", param=where)
     return raw
+
+
+def schema_grammar(raw: Any, where: str) -> str:
+    """The GBNF of JSON matching the schema `raw`, given in the field `where` (other dialects' formats)."""
+    try:
+        return json_grammar(_schema(raw, where), where)
+    except SchemaError as exc:
+        raise APIError(400, str(exc), param=exc.param) from None

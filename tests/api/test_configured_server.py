@@ -164,3 +164,13 @@ def test_banner_reports_the_configuration(keyed: ServerProcess) -> None:
     assert KEY not in banner  # the secret itself is never logged
     assert f"id       {ALIAS}" in banner
     assert "(the bundled demo model)" not in banner
+
+
+def test_anthropic_clients_send_the_key_as_x_api_key(keyed: ServerProcess) -> None:
+    body = {"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}
+    ok = requests.post(f"{keyed.url}/v1/messages", json=body, headers={"x-api-key": KEY}, timeout=TIMEOUT)
+    assert ok.status_code == 200 and ok.json()["type"] == "message"
+    refused = requests.post(f"{keyed.url}/v1/messages", json=body, headers={"x-api-key": "wrong"}, timeout=TIMEOUT)
+    assert refused.status_code == 401
+    assert refused.json() == {"type": "error", "error": {"type": "authentication_error",
+                                                         "message": refused.json()["error"]["message"]}}

@@ -145,7 +145,7 @@ def test_streamed_request_refused_before_it_starts_is_a_plain_400(server: Server
     assert_cors(response)
 
 
-@pytest.mark.parametrize("path", ["/v1/completion", "/", "/v1/chat/completions/extra", "/v2/models"])
+@pytest.mark.parametrize("path", ["/v1/completion", "/v1/nothing", "/v1/chat/completions/extra", "/v2/models"])
 def test_unknown_path_is_404_naming_it(server: ServerProcess, path: str) -> None:
     response = requests.post(f"{server.url}{path}", json={}, timeout=TIMEOUT)
     error = error_of(response, 404)

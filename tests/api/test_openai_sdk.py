@@ -105,7 +105,7 @@ def test_errors_become_sdk_exceptions(client: openai.OpenAI) -> None:
     assert out_of_range.value.param == "temperature"
 
     with pytest.raises(openai.NotFoundError):
-        client.completions.create(model="default", prompt="Hi")  # legacy endpoint: not served
+        client.files.list()  # an endpoint this server does not serve
 
 
 # -- async

@@ -1,0 +1,305 @@
+"""OpenAI's legacy text completions (`/v1/completions`) and llama-server's `/infill`.
+
+No chat template: the prompt (text or token ids) is continued as it is, or,
+with a `suffix` (or `/infill`'s `input_suffix`), the code model is asked for
+what goes between prefix and suffix with its fill-in-the-middle tokens.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from igllama.api import responses
+from igllama.api.choices import Outcome, combined, interleave
+from igllama.api.errors import APIError, from_engine
+from igllama.api.fields import (
+    MAX_CHOICES,
+    boolean,
+    integer,
+    is_int,
+    max_tokens_of,
+    model_name,
+    sampling_params,
+    stop_strings,
+)
+from igllama.api.requests import parse_json
+from igllama.engine import (
+    CompletionRequest,
+    EngineError,
+    ExtraFile,
+    Finished,
+    GenerationStream,
+    TextDelta,
+    TokenLogprob,
+)
+from igllama.http import EventStream, Request, Response
+
+if TYPE_CHECKING:
+    from igllama.api.app import App
+
+MAX_PROMPTS = 64
+MAX_LEGACY_LOGPROBS = 5  # OpenAI's bound for the completions endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class TextCall:
+    """A checked `/v1/completions` body: its prompts (text or token ids) and how to answer."""
+
+    prompts: list[str | list[int]]
+    suffix: str | None
+    request: CompletionRequest  # without its prompt, which each of `prompts` fills in
+    n: int
+    echo: bool
+    stream: bool
+    include_usage: bool
+    model: str | None
+
+
+def routes(app: App) -> None:
+    app.add("POST", "/v1/completions", lambda request: completions(app, request))
+    app.add("POST", "/infill", lambda request: infill(app, request))
+
+
+def parse_completion(data: dict[str, Any], app: App) -> TextCall:
+    prompts = _prompts(data.get("prompt"))
+    suffix = data.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise APIError(400, "suffix must be a string", param="suffix")
+    if suffix is not None and not all(isinstance(p, str) for p in prompts):
+        raise APIError(400, "suffix needs the prompt as text, not token ids", param="suffix")
+    logprobs = integer(data, "logprobs", None, 0, MAX_LEGACY_LOGPROBS)
+    echo = boolean(data, "echo", False)
+    if echo and logprobs is not None:
+        raise APIError(400, "echo with logprobs would need the prompt's log-probabilities, which this server "
+                       "does not compute; drop one of them", param="echo")
+    stream = boolean(data, "stream", False)
+    options = data.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise APIError(400, "stream_options must be an object", param="stream_options")
+    request = CompletionRequest(
+        messages=(),
+        max_tokens=max_tokens_of(data, app.defaults, "max_tokens"),
+        sampling=sampling_params(data, app.defaults),
+        stop=stop_strings(data.get("stop")),
+        cache_prompt=boolean(data, "cache_prompt", True),
+        logprobs=logprobs,
+        split_reasoning=False,
+    )
+    return TextCall(
+        prompts, suffix, request, integer(data, "n", 1, 1, MAX_CHOICES), echo, stream,
+        boolean(options or {}, "include_usage", False, "stream_options.include_usage") and stream,
+        model_name(data),
+    )
+
+
+def _prompts(raw: Any) -> list[str | list[int]]:
+    """`prompt`: a string, token ids, or a list of either (one choice per prompt)."""
+    if isinstance(raw, str):
+        return [raw]
+    if isinstance(raw, list) and raw and all(is_int(t) for t in raw):
+        return [list(raw)]
+    if isinstance(raw, list) and raw and len(raw) <= MAX_PROMPTS:
+        prompts: list[str | list[int]] = []
+        for i, item in enumerate(raw):
+            if isinstance(item, str):
+                prompts.append(item)
+            elif isinstance(item, list) and item and all(is_int(t) for t in item):
+                prompts.append(list(item))
+            else:
+                raise APIError(400, f"prompt[{i}] must be a string or an array of token ids", param="prompt")
+        return prompts
+    raise APIError(400, f"prompt is required: a string, an array of token ids, or an array of at most "
+                   f"{MAX_PROMPTS} of either", param="prompt")
+
+
+async def completions(app: App, request: Request) -> Response | EventStream:
+    engine = app.engine_or_503()
+    started = time.perf_counter()
+    call = parse_completion(parse_json(request.body), app)
+    streams: list[GenerationStream] = []
+    echoes: list[str] = []
+    try:
+        for prompt in call.prompts:
+            if call.suffix is not None:
+                tokens = engine.infill_prompt(str(prompt), call.suffix)
+            elif isinstance(prompt, str):
+                tokens = engine.tokenize(prompt, add_special=True)  # special tokens in the text parsed, as llama-server does
+            else:
+                tokens = prompt
+            if not tokens:
+                raise APIError(400, "the prompt is empty", param="prompt")
+            streams += await engine.submit_choices(_with_prompt(call.request, tokens), call.n)  # checks the ids
+            echo = "" if not call.echo else prompt if isinstance(prompt, str) else engine.model.detokenize(prompt)
+            echoes += [echo] * call.n
+    except EngineError as exc:
+        for stream in streams:
+            await stream.aclose()
+        raise from_engine(exc, "suffix" if call.suffix is not None else "prompt") from None
+    except BaseException:
+        for stream in streams:
+            await stream.aclose()
+        raise
+    model = call.model or app.settings.model_id
+    cid, created = f"cmpl-{uuid.uuid4().hex}", responses.now()
+    if call.stream:
+        outcome = Outcome()
+        frames = _chunks(streams, echoes, call, cid, created, model, outcome)
+        return EventStream(app.guard_stream(request, streams, started, "prompt", frames, _stream_error, outcome))
+    replies, total = await app.gather(request, streams, started, call.request.logprobs is not None, "prompt")
+    choices = [
+        _choice(i, echoes[i] + reply.text, reply.done, _legacy_logprobs(reply.logprobs, len(echoes[i])))
+        for i, reply in enumerate(replies)
+    ]
+    return Response.json(200, _completion(cid, created, model, choices, total))
+
+
+def _with_prompt(request: CompletionRequest, tokens: list[int]) -> CompletionRequest:
+    return replace(request, prompt=tuple(tokens))
+
+
+def _choice(index: int, text: str, done: Finished | None, logprobs: dict[str, Any] | None) -> dict[str, Any]:
+    return {"text": text, "index": index, "logprobs": logprobs,
+            "finish_reason": done.finish_reason if done is not None else None}
+
+
+def _completion(cid: str, created: int, model: str, choices: list[dict[str, Any]], total: Finished | None,
+                ) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": cid, "object": "text_completion", "created": created, "model": model,
+                            "choices": choices}
+    if total is not None:
+        body["usage"] = responses.usage(total)
+        body["timings"] = responses.timings(total)
+    return body
+
+
+def _legacy_logprobs(entries: list[TokenLogprob] | tuple[TokenLogprob, ...] | None, offset: int,
+                     ) -> dict[str, Any] | None:
+    """The completions endpoint's older logprobs shape: parallel lists, and each
+    token's alternatives as a {token: logprob} map."""
+    if entries is None:
+        return None
+    tokens, offsets = [], []
+    for entry in entries:
+        tokens.append(entry.piece.decode("utf-8", errors="replace"))
+        offsets.append(offset)
+        offset += len(tokens[-1])
+    return {
+        "tokens": tokens,
+        "token_logprobs": [entry.logprob for entry in entries],
+        "top_logprobs": [{top.piece.decode("utf-8", errors="replace"): top.logprob for top in entry.top}
+                         for entry in entries],
+        "text_offset": offsets,
+    }
+
+
+async def _chunks(streams: list[GenerationStream], echoes: list[str], call: TextCall, cid: str, created: int,
+                  model: str, outcome: Outcome) -> AsyncIterator[bytes]:
+    ends: list[Finished | None] = [None] * len(streams)
+    offsets = [len(echo) for echo in echoes]
+    for i, echo in enumerate(echoes):
+        if echo:
+            yield orjson.dumps(_completion(cid, created, model, [_choice(i, echo, None, None)], None))
+    async for i, event in interleave(streams):
+        if isinstance(event, TextDelta):
+            if event.text or event.logprobs:
+                logprobs = _legacy_logprobs(event.logprobs, offsets[i]) if call.request.logprobs is not None else None
+                offsets[i] += len(event.text)
+                yield orjson.dumps(_completion(cid, created, model, [_choice(i, event.text, None, logprobs)], None))
+            continue
+        ends[i] = event
+        yield orjson.dumps(_completion(cid, created, model, [_choice(i, "", event, None)], None))
+    outcome.total = combined(ends)
+    if call.include_usage:
+        body = _completion(cid, created, model, [], outcome.total)
+        yield orjson.dumps(body)
+    yield b"[DONE]"
+
+
+def _stream_error(error: APIError) -> list[bytes]:
+    return [error.body, b"[DONE]"]
+
+
+# -- llama-server's /infill
+
+
+async def infill(app: App, request: Request) -> Response | EventStream:
+    """llama-server's fill-in-the-middle endpoint, in its own (`/completion`) shape."""
+    engine = app.engine_or_503()
+    started = time.perf_counter()
+    data = parse_json(request.body)
+    prefix, suffix = _text(data, "input_prefix"), _text(data, "input_suffix")
+    extra = _extra_files(data.get("input_extra"))
+    prefix += _text(data, "prompt")  # llama-server appends `prompt` to the prefix
+    base = CompletionRequest(
+        messages=(),
+        max_tokens=max_tokens_of(data, app.defaults, "n_predict", "max_tokens"),
+        sampling=sampling_params(data, app.defaults),
+        stop=stop_strings(data.get("stop")),
+        cache_prompt=boolean(data, "cache_prompt", True),
+        split_reasoning=False,
+    )
+    try:
+        tokens = engine.infill_prompt(prefix, suffix, extra)
+        streams = await engine.submit_choices(_with_prompt(base, tokens), 1)
+    except EngineError as exc:
+        raise from_engine(exc, "input_suffix") from None
+    model = model_name(data) or app.settings.model_id
+    if boolean(data, "stream", False):
+        outcome = Outcome()
+        frames = _infill_frames(streams, model, outcome)
+        return EventStream(app.guard_stream(request, streams, started, "input_suffix", frames,
+                                            lambda error: [error.body], outcome))
+    replies, total = await app.gather(request, streams, started, False, "input_suffix")
+    return Response.json(200, _infill_body(replies[0].text, model, total))
+
+
+def _infill_body(text: str, model: str, done: Finished | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"content": text, "stop": done is not None, "model": model}
+    if done is not None:
+        body.update(
+            stop_type={"stop": "eos", "length": "limit"}.get(done.finish_reason, "eos"),
+            tokens_predicted=done.completion_tokens,
+            tokens_evaluated=done.prompt_tokens,
+            tokens_cached=done.cached_tokens,
+            timings=responses.timings(done),
+        )
+    return body
+
+
+async def _infill_frames(streams: list[GenerationStream], model: str, outcome: Outcome) -> AsyncIterator[bytes]:
+    async for _, event in interleave(streams):
+        if isinstance(event, TextDelta):
+            if event.text:
+                yield orjson.dumps({"content": event.text, "stop": False})
+        else:
+            outcome.total = event
+            yield orjson.dumps(_infill_body("", model, event))
+
+
+def _text(data: dict[str, Any], name: str) -> str:
+    value = data.get(name, "")
+    if not isinstance(value, str):
+        raise APIError(400, f"{name} must be a string", param=name)
+    return value
+
+
+def _extra_files(raw: Any) -> list[ExtraFile]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise APIError(400, 'input_extra must be an array of {"filename", "text"} objects', param="input_extra")
+    files = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str) \
+                or not isinstance(item.get("filename", ""), str):
+            raise APIError(400, f'input_extra[{i}] must be {{"filename": string, "text": string}}',
+                           param="input_extra")
+        files.append(ExtraFile(item.get("filename", ""), item["text"]))
+    return files
+

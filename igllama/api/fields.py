@@ -1,0 +1,132 @@
+"""Checked request fields, shared by every dialect.
+
+Each reader takes the decoded JSON body and a field name and returns the
+value or raises an `APIError` (400) whose message and `param` name the
+field; the dialect decides how that error is written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from igllama.api.errors import APIError
+from igllama.engine import SamplingParams
+
+MAX_STOP_STRINGS = 16
+MAX_CHOICES = 128  # OpenAI's bound on `n`; each choice is a request of its own in the queue
+INT32_MAX = 2**31 - 1  # llama.cpp takes top_k as int32_t: a larger value would wrap
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """Server-side defaults and caps from the command line."""
+
+    max_tokens: int = 2048
+    temperature: float = 0.7
+    n_vocab: int = 0  # for logit_bias token ids; 0 skips the check
+
+
+def max_tokens_of(data: dict[str, Any], defaults: Defaults, *names: str) -> int:
+    """The first of `names` given (a positive integer), capped by the server's --max-tokens."""
+    for name in names:
+        value = integer(data, name, None, 1)
+        if value is not None:
+            return min(value, defaults.max_tokens)
+    return defaults.max_tokens
+
+
+def sampling_params(data: dict[str, Any], defaults: Defaults) -> SamplingParams:
+    """Sampling settings under their OpenAI / llama-server names."""
+    return SamplingParams(
+        temperature=number(data, "temperature", defaults.temperature, 0.0, 2.0),
+        top_k=integer(data, "top_k", 40, 0, INT32_MAX),
+        top_p=number(data, "top_p", 0.95, 0.0, 1.0),
+        min_p=number(data, "min_p", 0.05, 0.0, 1.0),
+        seed=integer(data, "seed", None, None),
+        repeat_penalty=number(data, "repeat_penalty", 1.0, 0.0, 10.0, exclusive_min=True),
+        presence_penalty=number(data, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=number(data, "frequency_penalty", 0.0, -2.0, 2.0),
+        logit_bias=logit_bias(data.get("logit_bias"), defaults.n_vocab),
+    )
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def integer(
+    data: dict[str, Any], name: str, default: int | None, minimum: int | None, maximum: int | None = None
+) -> Any:
+    value = data.get(name)
+    if value is None:
+        return default
+    if not is_int(value):
+        raise APIError(400, f"{name} must be an integer, not {value!r}", param=name)
+    if minimum is not None and value < minimum:
+        raise APIError(400, f"{name} must be at least {minimum}, not {value}", param=name)
+    if maximum is not None and value > maximum:
+        raise APIError(400, f"{name} must be at most {maximum}, not {value}", param=name)
+    return value
+
+
+def number(
+    data: dict[str, Any], name: str, default: float, low: float, high: float, exclusive_min: bool = False
+) -> float:
+    value = data.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise APIError(400, f"{name} must be a number, not {value!r}", param=name)
+    if value > high or value < low or (exclusive_min and value == low):
+        bound = f"greater than {low}" if exclusive_min else f"at least {low}"
+        raise APIError(400, f"{name} must be {bound} and at most {high}, not {value}", param=name)
+    return float(value)
+
+
+def boolean(data: dict[str, Any], name: str, default: bool, label: str | None = None) -> bool:
+    value = data.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        label = label or name
+        raise APIError(400, f"{label} must be true or false, not {value!r}", param=label)
+    return value
+
+
+def stop_strings(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        return (raw,) if raw else ()
+    if isinstance(raw, list) and all(isinstance(s, str) for s in raw) and len(raw) <= MAX_STOP_STRINGS:
+        return tuple(s for s in raw if s)
+    raise APIError(400, f"stop must be a string or an array of at most {MAX_STOP_STRINGS} strings", param="stop")
+
+
+def logit_bias(raw: Any, n_vocab: int) -> tuple[tuple[int, float], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise APIError(400, "logit_bias must be an object mapping token ids to numbers", param="logit_bias")
+    biases = []
+    for key, value in raw.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise APIError(400, f"logit_bias key {key!r} is not a token id", param="logit_bias") from None
+        if token < 0 or (n_vocab and token >= n_vocab):
+            raise APIError(400, f"logit_bias token id {token} is outside the vocabulary (0..{n_vocab - 1})",
+                           param="logit_bias")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not -100 <= value <= 100:
+            raise APIError(400, f"logit_bias for token {token} must be a number from -100 to 100", param="logit_bias")
+        biases.append((token, float(value)))
+    return tuple(biases)
+
+
+def model_name(data: dict[str, Any]) -> str | None:
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise APIError(400, "model must be a string", param="model")
+    return model

@@ -1,0 +1,88 @@
+"""llama-server's utility endpoints: `/tokenize`, `/detokenize`, `/apply-template`, `/props`.
+
+Tooling (editors counting tokens, prompt debuggers, UIs reading the context
+size) reads these in llama-server's shapes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from igllama.api.errors import APIError, from_engine
+from igllama.api.fields import boolean, is_int
+from igllama.api.requests import parse_chat, parse_json
+from igllama.engine import EngineError
+from igllama.http import Request, Response
+
+if TYPE_CHECKING:
+    from igllama.api.app import App
+
+
+def routes(app: App) -> None:
+    app.add("POST", "/tokenize", lambda request: tokenize(app, request))
+    app.add("POST", "/detokenize", lambda request: detokenize(app, request))
+    app.add("POST", "/apply-template", lambda request: apply_template(app, request))
+    app.add("GET", "/props", lambda request: props(app, request))
+
+
+async def tokenize(app: App, request: Request) -> Response:
+    engine = app.engine_or_503()
+    data = parse_json(request.body)
+    content = data.get("content")
+    if not isinstance(content, str):
+        raise APIError(400, "content must be a string", param="content")
+    tokens = engine.tokenize(content, add_special=boolean(data, "add_special", False),
+                             parse_special=boolean(data, "parse_special", True))
+    if not boolean(data, "with_pieces", False):
+        return Response.json(200, {"tokens": tokens})
+    pieces = []
+    for token in tokens:
+        raw = engine.model.token_text(token)
+        try:
+            piece: str | list[int] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            piece = list(raw)  # part of a character: its bytes, as llama-server gives them
+        pieces.append({"id": token, "piece": piece})
+    return Response.json(200, {"tokens": pieces})
+
+
+async def detokenize(app: App, request: Request) -> Response:
+    engine = app.engine_or_503()
+    tokens = parse_json(request.body).get("tokens")
+    if not isinstance(tokens, list) or not all(is_int(t) for t in tokens):
+        raise APIError(400, "tokens must be an array of token ids", param="tokens")
+    bad = [t for t in tokens if not 0 <= t < engine.model.n_vocab]
+    if bad:
+        raise APIError(400, f"token id {bad[0]} is outside the vocabulary (0 to {engine.model.n_vocab - 1})",
+                       param="tokens")
+    return Response.json(200, {"content": engine.model.detokenize(tokens)})
+
+
+async def apply_template(app: App, request: Request) -> Response:
+    """The prompt the chat template makes of an OpenAI chat request (tools included)."""
+    engine = app.engine_or_503()
+    call = parse_chat(parse_json(request.body), app.defaults)
+    try:
+        prompt = engine.render(call.request)
+    except EngineError as exc:
+        raise from_engine(exc, "messages") from None
+    return Response.json(200, {"prompt": prompt})
+
+
+async def props(app: App, request: Request) -> Response:
+    engine = app.engine_or_503()
+    config = engine.config
+    settings: dict[str, Any] = {
+        "n_ctx": engine.n_ctx,
+        "params": {"n_predict": app.defaults.max_tokens, "temperature": app.defaults.temperature,
+                   "top_k": 40, "top_p": 0.95, "min_p": 0.05},
+    }
+    return Response.json(200, {
+        "default_generation_settings": settings,
+        "total_slots": config.n_slots,
+        "model_alias": app.settings.model_id,
+        "model_path": engine.model.path,
+        "chat_template": engine.template.source or engine.template.description,
+        "modalities": {"vision": False, "audio": False},
+        "build_info": "igllama",
+    })
