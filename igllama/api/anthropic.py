@@ -213,10 +213,14 @@ def _thinking(raw: Any) -> tuple[bool | None, bool | None]:
 
 
 def _output_format(data: dict[str, Any]) -> str:
-    """Structured outputs (`output_format: {"type": "json_schema", "schema": ...}`)."""
+    """Structured outputs (`output_format: {"type": "json_schema", "schema": ...}`), or
+    llama-server's `grammar` (GBNF) sent through the SDK's extra_body."""
     raw = data.get("output_format")
     if raw is None:
-        return ""
+        grammar = data.get("grammar")
+        if grammar is not None and (not isinstance(grammar, str) or not grammar.strip()):
+            raise APIError(400, "grammar: must be a GBNF grammar (a string with a `root` rule)", param="grammar")
+        return grammar or ""
     if not isinstance(raw, dict) or raw.get("type") != "json_schema" or not isinstance(raw.get("schema"), dict):
         raise APIError(400, 'output_format: must be {"type": "json_schema", "schema": {...}}', param="output_format")
     return schema_grammar(raw["schema"], "output_format.schema")

@@ -61,3 +61,31 @@ def test_no_think_and_a_bad_format(thinking: ServerProcess) -> None:
     assert "reasoning_content" not in plain["choices"][0]["message"]
     error = error_of(chat(thinking.url, {**REPLY, "reasoning_format": "verbose"}), 400)
     assert error["param"] == "reasoning_format"
+
+
+def test_anthropic_thinking_comes_as_a_thinking_block(thinking: ServerProcess) -> None:
+    import anthropic
+
+    with anthropic.Anthropic(base_url=thinking.url, api_key="unused", max_retries=0) as claude:
+        grammar = {"grammar": REPLY["grammar"]}
+        message = claude.messages.create(model="m", max_tokens=40, messages=REPLY["messages"],
+                                         thinking={"type": "enabled", "budget_tokens": 1024}, extra_body=grammar)
+        with claude.messages.stream(model="m", max_tokens=40, messages=REPLY["messages"],
+                                    thinking={"type": "enabled", "budget_tokens": 1024}, extra_body=grammar) as s:
+            kinds = {event.type for event in s}
+            final = s.get_final_message()
+    for reply in (message, final):
+        assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in reply.content] == [
+            ("thinking", "The sea holds dissolved minerals."), ("text", "Yes, it is.")]
+    assert "thinking" in kinds
+
+
+def test_ollama_think_returns_the_thinking_apart(thinking: ServerProcess) -> None:
+    import ollama
+
+    sdk = ollama.Client(host=thinking.url)
+    reply = sdk.chat(model="m", messages=REPLY["messages"], think=True, stream=False, options={"num_predict": 12})
+    assert reply.message.thinking and "<think>" not in reply.message.content
+    parts = list(sdk.chat(model="m", messages=REPLY["messages"], think=True, stream=True, options={"num_predict": 12}))
+    assert "".join(p.message.thinking or "" for p in parts) and "<think>" not in "".join(
+        p.message.content for p in parts)
