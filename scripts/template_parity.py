@@ -34,10 +34,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from igllama.api.requests import Defaults, parse_chat  # noqa: E402
-from igllama.engine.model import Model, ModelConfig  # noqa: E402
-from igllama.engine.template import load_template  # noqa: E402
-from tests.api.test_tools import QUESTION, WEATHER  # noqa: E402
+from igllama.api.fields import Defaults
+from igllama.api.openai.chat_requests import parse_chat
+from igllama.engine.model import Model, ModelConfig
+from igllama.engine.template import load_template
+from tests.api.test_tools import QUESTION, WEATHER
 
 RECORD = REPO / "tests" / "engine" / "data" / "template_parity.json"
 

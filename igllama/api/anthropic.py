@@ -19,9 +19,8 @@ import orjson
 
 from igllama.api.choices import Outcome, Reply, interleave
 from igllama.api.errors import APIError, from_engine
-from igllama.api.fields import boolean, integer, model_name, number, stop_strings
+from igllama.api.fields import boolean, integer, model_name, number, parse_json, stop_strings
 from igllama.api.output import schema_grammar
-from igllama.api.requests import parse_json
 from igllama.engine import (
     ChatMessage,
     CompletionRequest,

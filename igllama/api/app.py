@@ -1,26 +1,25 @@
-"""The OpenAI API on top of the engine: routes, handlers, auth and the access log.
+"""The API on top of the engine: every dialect's routes, auth, health and the access log.
 
-Data flows one way: a parsed HTTP request is validated into a typed engine
-request (`requests`), the engine's events are shaped into OpenAI JSON
-(`responses`), and the HTTP layer turns those into bytes.
+Data flows one way: each dialect's module (`openai`, `anthropic`, `ollama`,
+`utility`) validates a parsed HTTP request into the engine's neutral
+request, and writes the engine's events back in its own shape; the HTTP
+layer turns those into bytes. What the dialects share is here: the API key,
+errors in the dialect's shape, the whole-reply and streaming paths.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from igllama.api import responses
-from igllama.api import anthropic, completions, ollama, responses_api, utility
+from igllama.api import anthropic, ollama, openai, utility
 from igllama.api.choices import Outcome, Reply, combined, interleave
 from igllama.api.errors import RETRY_AFTER, APIError, from_engine
-from igllama.api.requests import ChatCall, Defaults, parse_chat, parse_embeddings, parse_json
-from igllama.api.tools import StreamedCalls, reply_calls
-from igllama.engine import Engine, EngineError, Finished, GenerationStream, TextDelta
+from igllama.api.fields import Defaults
+from igllama.engine import Engine, EngineError, Finished, GenerationStream
 from igllama.http import EventStream, Request, Response, Router
 
 access_log = logging.getLogger("igllama.access")
@@ -30,11 +29,6 @@ AsyncHandler = Callable[[Request], Awaitable[Response | EventStream]]
 
 HEALTH_OK = Response.json(200, {"status": "ok", "model": "loaded"})
 _RETRY = ((b"Retry-After", str(RETRY_AFTER).encode()),)
-
-
-def _openai_error(error: APIError) -> list[bytes]:
-    """A failure in the middle of an OpenAI stream: the error object, then the usual end."""
-    return [error.body, b"[DONE]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,21 +46,18 @@ class App:
 
     def __init__(self, settings: AppSettings) -> None:
         self.settings = settings
+        self.access_log = access_log
         self.engine: Engine | None = None
         self.load_progress = 0.0
         self.draining = False
-        self.created = responses.now()
+        self.created = int(time.time())
         self.defaults = Defaults(settings.max_tokens, settings.temperature)
         self.router = Router()
         self.router.add("GET", "/health", self.health)
-        self.add("GET", "/v1/models", self.list_models)
-        self.add("POST", "/v1/chat/completions", self.chat_completions)
-        self.add("POST", "/v1/embeddings", self.embeddings)
-        completions.routes(self)
-        utility.routes(self)
+        openai.routes(self)
         anthropic.routes(self)
         ollama.routes(self)
-        responses_api.routes(self, responses_api.ResponseStore(settings.responses_store))
+        utility.routes(self)
 
     def set_engine(self, engine: Engine) -> None:
         self.defaults = Defaults(self.settings.max_tokens, self.settings.temperature, engine.model.n_vocab)
@@ -91,80 +82,6 @@ class App:
             return Response.json(503, {"status": "error", "model": "failed", "error": problem})
         return HEALTH_OK
 
-    async def list_models(self, request: Request) -> Response:
-        return Response.json(200, responses.models(self.settings.model_id, self.created))
-
-    async def chat_completions(self, request: Request) -> Response | EventStream:
-        engine = self.engine_or_503()
-        started = time.perf_counter()
-        call = parse_chat(parse_json(request.body), self.defaults)
-        try:
-            streams = await engine.submit_choices(call.request, call.n)
-        except EngineError as exc:
-            raise from_engine(exc, "messages") from None
-        model = call.model or self.settings.model_id
-        if call.stream:
-            outcome = Outcome()
-            frames = self._chunks(streams, call, model, outcome)
-            return EventStream(self.guard_stream(request, streams, started, "messages", frames, _openai_error, outcome))
-        replies, total = await self.gather(request, streams, started, call.request.logprobs is not None)
-        choices = [
-            responses.choice(
-                i, reply.text, reply.done, reply.logprobs,
-                reply_calls(reply.done.tool_calls, call.parallel_tool_calls), reply.reasoning,
-            )
-            for i, reply in enumerate(replies)
-        ]
-        body = responses.chat_completion(responses.completion_id(), responses.now(), model, choices, total)
-        return Response.json(200, body)
-
-    async def _chunks(
-        self, streams: list[GenerationStream], call: ChatCall, model: str, outcome: Outcome
-    ) -> AsyncIterator[bytes]:
-        cid, created = responses.completion_id(), responses.now()
-        writers = [responses.ChunkWriter(cid, created, model, i) for i in range(len(streams))]
-        calls = [StreamedCalls(call.parallel_tool_calls) for _ in streams]
-        ends: list[Finished | None] = [None] * len(streams)
-        for chunks in writers:
-            yield chunks.role()
-        async for i, event in interleave(streams):
-            chunks = writers[i]
-            if isinstance(event, TextDelta):
-                if event.reasoning:
-                    yield chunks.reasoning(event.reasoning)
-                if event.text or event.logprobs:
-                    yield chunks.content(event.text, event.logprobs)
-                if event.calls and (pieces := calls[i].pieces(event.calls)):
-                    yield chunks.tool_calls(pieces)
-                continue
-            ends[i] = event
-            if rest := calls[i].rest(event.tool_calls):
-                yield chunks.tool_calls(rest)
-            yield chunks.finish(event)
-        outcome.total = combined(ends)
-        if call.include_usage:
-            yield writers[0].usage(outcome.total)
-        yield b"[DONE]"
-
-    async def embeddings(self, request: Request) -> Response:
-        engine = self.engine_or_503()
-        started = time.perf_counter()
-        call = parse_embeddings(parse_json(request.body))
-        try:
-            result = await engine.embed(call.inputs)
-        except EngineError as exc:
-            raise from_engine(exc, "input") from None
-        except asyncio.CancelledError:
-            self.log_access(request, 499, started, None)
-            raise
-        body = responses.embeddings(result, call.model or self.settings.model_id, call.base64)
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        access_log.info(
-            "%s %s 200 inputs=%d tokens=%d %.0f ms",
-            request.method, request.path, len(result.vectors), result.prompt_tokens, elapsed_ms,
-        )
-        return Response(200, body)
-
     # -- what every dialect's handlers share
 
     async def gather(
@@ -188,10 +105,7 @@ class App:
                 await stream.aclose()
             if status != 200:
                 self.log_access(request, status, started, None)
-        ends = [reply.done for reply in replies]
-        if None in ends:
-            raise RuntimeError("the engine ended a completion without its final event")
-        total = combined(ends)
+        total = combined([reply.done for reply in replies])
         self.log_access(request, 200, started, total)
         return replies, total
 

@@ -50,6 +50,13 @@ class Reply:
             self.done = event
 
     @property
+    def finished(self) -> Finished:
+        """The final event (a reply gathered to its end has one)."""
+        if self.done is None:
+            raise RuntimeError("the engine ended a completion without its final event")
+        return self.done
+
+    @property
     def text(self) -> str:
         return "".join(self.parts)
 
@@ -65,9 +72,12 @@ class Outcome:
     total: Finished | None = None
 
 
-def combined(ends: Sequence[Finished]) -> Finished:
+def combined(given: Sequence[Finished | None]) -> Finished:
     """The totals of all choices, as OpenAI's `usage` counts them: the prompt
     once, the generated tokens of every choice; generation time is the longest."""
+    ends = [end for end in given if end is not None]
+    if not ends or len(ends) != len(given):
+        raise RuntimeError("the engine ended a completion without its final event")
     first = ends[0]
     if len(ends) == 1:
         return first

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from igllama.api.errors import APIError
 from igllama.engine import SamplingParams
 
@@ -26,6 +28,18 @@ class Defaults:
     max_tokens: int = 2048
     temperature: float = 0.7
     n_vocab: int = 0  # for logit_bias token ids; 0 skips the check
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise APIError(400, "the request body is empty; send a JSON object")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise APIError(400, f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    return data
 
 
 def max_tokens_of(data: dict[str, Any], defaults: Defaults, *names: str) -> int:

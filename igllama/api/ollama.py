@@ -18,9 +18,16 @@ import orjson
 
 from igllama.api.choices import Outcome, Reply, interleave
 from igllama.api.errors import APIError, from_engine
-from igllama.api.fields import Defaults, boolean, integer, model_name, number, stop_strings
+from igllama.api.fields import (
+    Defaults,
+    boolean,
+    integer,
+    model_name,
+    number,
+    parse_json,
+    stop_strings,
+)
 from igllama.api.output import ANY_OBJECT, schema_grammar
-from igllama.api.requests import parse_json
 from igllama.api.tools import parse_tools
 from igllama.engine import (
     ChatMessage,

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from igllama.api.errors import APIError, from_engine
-from igllama.api.fields import boolean, is_int
-from igllama.api.requests import parse_chat, parse_json
+from igllama.api.fields import boolean, is_int, parse_json
+from igllama.api.openai.chat_requests import parse_chat
 from igllama.engine import EngineError
 from igllama.http import Request, Response
 

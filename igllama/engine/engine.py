@@ -18,7 +18,7 @@ import itertools
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -240,7 +240,7 @@ class Engine:
         """Token ids of `text` (BOS first where the model wants one, with `add_special`)."""
         return self.model.tokenize(text, add_special=add_special, parse_special=parse_special)
 
-    def infill_prompt(self, prefix: str, suffix: str, extra: Sequence[ExtraFile] = ()) -> list[int]:
+    def infill_prompt(self, prefix: str, suffix: str, extra: list[ExtraFile] | tuple[ExtraFile, ...] = ()) -> list[int]:
         """Token ids asking for the code between `prefix` and `suffix` (`NoFimError` without FIM tokens)."""
         return infill_prompt(self.model, prefix, suffix, extra)
 

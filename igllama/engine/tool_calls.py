@@ -255,14 +255,15 @@ def _parse_tail(opener: str, text: str, tools: frozenset[str]) -> list[ToolCall]
         return calls
     values = _json_values(text)
     items = [item for value in values for item in (value if isinstance(value, list) else [value])]
-    calls = [_as_call(item, tools) for item in items]
-    return [c for c in calls if c is not None] if calls and all(calls) else []
+    found = [_as_call(item, tools) for item in items]
+    return [c for c in found if c is not None] if found and all(found) else []
 
 
 def _json_values(text: str) -> list[Any]:
     """JSON values one after another, separated by white space, `;` or `,`; [] if anything else is there."""
     decoder = json.JSONDecoder()
-    values, i = [], 0
+    values: list[Any] = []
+    i = 0
     while True:
         while i < len(text) and text[i] in " \t\r\n;,":
             i += 1

@@ -14,18 +14,18 @@ from .router import Handler, Router
 from .server import Server, run_until_signal, serve, wait_for_signal
 
 __all__ = [
+    "NDJSON",
+    "SSE",
     "EventStream",
     "HTTPError",
     "Handler",
     "Headers",
     "Limits",
     "ListenError",
-    "NDJSON",
     "ParseError",
     "Request",
     "Response",
     "Router",
-    "SSE",
     "Server",
     "default_error_body",
     "run_until_signal",

@@ -9,7 +9,14 @@ from typing import Any
 import requests
 from openai import OpenAI
 
-from tests.api.conftest import NEVER_STOP, TIMEOUT, ServerProcess, error_of, sse_chunks, sse_payloads
+from tests.api.conftest import (
+    NEVER_STOP,
+    TIMEOUT,
+    ServerProcess,
+    error_of,
+    sse_chunks,
+    sse_payloads,
+)
 
 STORY = "Once upon a time, in a small village by the sea,"
 

@@ -10,7 +10,6 @@ from tests.api.conftest import TIMEOUT, ServerProcess, error_of
 from tests.engine.test_template_parity import CONVERSATIONS, RECORDED
 
 
-
 def post(server: ServerProcess, path: str, body: dict[str, Any]) -> requests.Response:
     return requests.post(f"{server.url}{path}", json=body, timeout=TIMEOUT)
 

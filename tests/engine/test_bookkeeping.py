@@ -13,7 +13,7 @@ cells are accounted for, and the cache's size is the sum of its entries.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -355,7 +355,7 @@ def test_a_call_marker_token_reaches_the_parser_only_for_requests_with_tools() -
     pieces = {1: b"Checking.", 2: b"", **{10 + i: c.encode() for i, c in enumerate(call)}}
 
     class ScriptedModel(FakeModel):
-        call_markers = {2: PYTHON_TAG.encode()}
+        call_markers: ClassVar[dict[int, bytes]] = {2: PYTHON_TAG.encode()}
 
         def piece(self, token: int) -> bytes:
             return pieces[token]

@@ -22,7 +22,7 @@ from tests.models import QWEN_CODER, SMOLLM2
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
-from template_parity import CONVERSATIONS, RECORD, igllama_prompt  # noqa: E402
+from template_parity import CONVERSATIONS, RECORD, igllama_prompt
 
 RECORDED = json.loads(RECORD.read_text())
 MODELS = {"qwen2.5-coder-0.5b": QWEN_CODER, "smollm2-135m": SMOLLM2}

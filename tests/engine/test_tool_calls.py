@@ -48,8 +48,8 @@ CASES = [
     # Llama 3.x: <|python_tag|> (a control token the engine renders for requests with tools), or none
     ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}', "", [weather("Paris")]),
     ('{"type": "function", "name": "get_weather", "parameters": {"city": "Bern"}}', "", [weather("Bern")]),
-    ('Checking.<|python_tag|>{"name": "get_weather", "parameters": {"city": "A"}}; '
-     '{"name": "get_time", "parameters": {}}', "Checking.", [weather("A"), ToolCall("get_time", "{}")]),
+    (('Checking.<|python_tag|>{"name": "get_weather", "parameters": {"city": "A"}}; '
+      '{"name": "get_time", "parameters": {}}'), "Checking.", [weather("A"), ToolCall("get_time", "{}")]),
     # Mistral v0.3: [TOOL_CALLS] and a JSON array; later tokenizers: name[ARGS]{...}, maybe [CALL_ID]
     ('[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Nice"}, "id": "a1b2c3d4e"}]', "",
      [weather("Nice")]),
@@ -131,8 +131,8 @@ def test_no_marker_is_shown_before_a_tail_call_is_decided(reply: str) -> None:
 
 STREAMED = [
     '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
-    'Text first. <tool_call>{"name": "get_time", "arguments": {"zone": "a}\\"{[", "n": [1, {"x": []}]}}</tool_call>'
-    '\n<tool_call>{"name": "get_weather", "parameters": {"city": "Oslo"}}</tool_call>',
+    ('Text first. <tool_call>{"name": "get_time", "arguments": {"zone": "a}\\"{[", "n": [1, {"x": []}]}}</tool_call>'
+     '\n<tool_call>{"name": "get_weather", "parameters": {"city": "Oslo"}}</tool_call>'),
     '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}',  # never closed
 ]
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from igllama.api.errors import APIError
 from igllama.api.fields import (
     MAX_CHOICES,
@@ -20,7 +18,6 @@ from igllama.api.fields import (
     is_int,
     max_tokens_of,
     model_name,
-    number,
     sampling_params,
     stop_strings,
 )
@@ -46,18 +43,6 @@ class EmbeddingCall:
     inputs: list[str | list[int]]
     base64: bool
     model: str | None
-
-
-def parse_json(body: bytes) -> dict[str, Any]:
-    if not body:
-        raise APIError(400, "the request body is empty; send a JSON object")
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise APIError(400, f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "the request body must be a JSON object")
-    return data
 
 
 def parse_chat(data: dict[str, Any], defaults: Defaults) -> ChatCall:

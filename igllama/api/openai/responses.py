@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from igllama.api.choices import Outcome, Reply, interleave
+from igllama.api.choices import Outcome, interleave
 from igllama.api.errors import APIError, from_engine
-from igllama.api.fields import boolean, max_tokens_of, model_name, number
+from igllama.api.fields import boolean, max_tokens_of, model_name, number, parse_json
 from igllama.api.output import ANY_OBJECT, schema_grammar
-from igllama.api.requests import parse_json
 from igllama.api.tools import call_id, parse_tools
 from igllama.engine import (
     ChatMessage,
@@ -82,7 +81,7 @@ def routes(app: App, store: ResponseStore) -> None:
 
 
 def parse_responses(data: dict[str, Any], app: App, store: ResponseStore) -> ResponsesCall:
-    earlier = ()
+    earlier: tuple[ChatMessage, ...] = ()
     previous = data.get("previous_response_id")
     if previous is not None:
         if not isinstance(previous, str):
@@ -200,7 +199,7 @@ def _text_format(raw: Any) -> str:
         return ""
     if kind == "json_object":
         return schema_grammar(ANY_OBJECT, "text.format")
-    if kind == "json_schema":
+    if kind == "json_schema" and isinstance(spec, dict):
         return schema_grammar(spec.get("schema"), "text.format.schema")
     raise APIError(400, "text.format.type must be text, json_object or json_schema", param="text.format.type")
 
@@ -295,7 +294,7 @@ async def _events(stream: GenerationStream, call: ResponsesCall, store: Response
     yield event("response.created", response=_response(call, created, "in_progress", [], None))
     yield event("response.in_progress", response=_response(call, created, "in_progress", [], None))
     output: list[dict[str, Any]] = []
-    message_id, text = "", []
+    message_id, text = "", list[str]()
     streamed: dict[int, tuple[int, dict[str, Any]]] = {}  # engine call index -> (output index, item)
     named: list[ToolCall] = []
 

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from igllama.api import responses
 from igllama.api.choices import Outcome, combined, interleave
 from igllama.api.errors import APIError, from_engine
 from igllama.api.fields import (
@@ -25,10 +24,11 @@ from igllama.api.fields import (
     is_int,
     max_tokens_of,
     model_name,
+    parse_json,
     sampling_params,
     stop_strings,
 )
-from igllama.api.requests import parse_json
+from igllama.api.openai import chat_replies as responses
 from igllama.engine import (
     CompletionRequest,
     EngineError,

@@ -1,0 +1,111 @@
+"""OpenAI's chat completions, embeddings and model list.
+
+Requests are checked into the engine's neutral request (`chat_requests`);
+events come back as OpenAI's JSON (`chat_replies`), whole or as SSE chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from igllama.api.choices import Outcome, combined, interleave
+from igllama.api.errors import APIError, from_engine
+from igllama.api.fields import parse_json
+from igllama.api.openai import chat_replies as responses
+from igllama.api.openai.chat_requests import ChatCall, parse_chat, parse_embeddings
+from igllama.api.tools import StreamedCalls, reply_calls
+from igllama.engine import EngineError, Finished, GenerationStream, TextDelta
+from igllama.http import EventStream, Request, Response
+
+if TYPE_CHECKING:
+    from igllama.api.app import App
+
+
+def routes(app: App) -> None:
+    app.add("GET", "/v1/models", lambda request: list_models(app, request))
+    app.add("POST", "/v1/chat/completions", lambda request: chat_completions(app, request))
+    app.add("POST", "/v1/embeddings", lambda request: embeddings(app, request))
+
+
+def _stream_error(error: APIError) -> list[bytes]:
+    """A failure in the middle of an OpenAI stream: the error object, then the usual end."""
+    return [error.body, b"[DONE]"]
+
+
+async def list_models(app: App, request: Request) -> Response:
+    return Response.json(200, responses.models(app.settings.model_id, app.created))
+
+async def chat_completions(app: App, request: Request) -> Response | EventStream:
+    engine = app.engine_or_503()
+    started = time.perf_counter()
+    call = parse_chat(parse_json(request.body), app.defaults)
+    try:
+        streams = await engine.submit_choices(call.request, call.n)
+    except EngineError as exc:
+        raise from_engine(exc, "messages") from None
+    model = call.model or app.settings.model_id
+    if call.stream:
+        outcome = Outcome()
+        frames = _chunks(streams, call, model, outcome)
+        return EventStream(app.guard_stream(request, streams, started, "messages", frames, _stream_error, outcome))
+    replies, total = await app.gather(request, streams, started, call.request.logprobs is not None)
+    choices = [
+        responses.choice(
+            i, reply.text, reply.finished, reply.logprobs,
+            reply_calls(reply.finished.tool_calls, call.parallel_tool_calls), reply.reasoning,
+        )
+        for i, reply in enumerate(replies)
+    ]
+    body = responses.chat_completion(responses.completion_id(), responses.now(), model, choices, total)
+    return Response.json(200, body)
+
+async def _chunks(streams: list[GenerationStream], call: ChatCall, model: str, outcome: Outcome
+              ) -> AsyncIterator[bytes]:
+    cid, created = responses.completion_id(), responses.now()
+    writers = [responses.ChunkWriter(cid, created, model, i) for i in range(len(streams))]
+    calls = [StreamedCalls(call.parallel_tool_calls) for _ in streams]
+    ends: list[Finished | None] = [None] * len(streams)
+    for chunks in writers:
+        yield chunks.role()
+    async for i, event in interleave(streams):
+        chunks = writers[i]
+        if isinstance(event, TextDelta):
+            if event.reasoning:
+                yield chunks.reasoning(event.reasoning)
+            if event.text or event.logprobs:
+                yield chunks.content(event.text, event.logprobs)
+            if event.calls and (pieces := calls[i].pieces(event.calls)):
+                yield chunks.tool_calls(pieces)
+            continue
+        ends[i] = event
+        if rest := calls[i].rest(event.tool_calls):
+            yield chunks.tool_calls(rest)
+        yield chunks.finish(event)
+    outcome.total = combined(ends)
+    if call.include_usage:
+        yield writers[0].usage(outcome.total)
+    yield b"[DONE]"
+
+
+async def embeddings(app: App, request: Request) -> Response:
+    engine = app.engine_or_503()
+    started = time.perf_counter()
+    call = parse_embeddings(parse_json(request.body))
+    try:
+        result = await engine.embed(call.inputs)
+    except EngineError as exc:
+        raise from_engine(exc, "input") from None
+    except asyncio.CancelledError:
+        app.log_access(request, 499, started, None)
+        raise
+    body = responses.embeddings(result, call.model or app.settings.model_id, call.base64)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    app.access_log.info(
+        "%s %s 200 inputs=%d tokens=%d %.0f ms",
+        request.method, request.path, len(result.vectors), result.prompt_tokens, elapsed_ms,
+    )
+    return Response(200, body)
+
