@@ -42,6 +42,10 @@ class ServerConfig:
     max_queue: int = 256
     reasoning_format: str = "auto"
     responses_store: int = 256
+    spec: bool = True  # n-gram speculation, and its tuning:
+    spec_draft_max: int = 64
+    spec_ngram_min: int = 3
+    spec_ngram_max: int = 32
     shutdown_timeout: float = 30.0
     using_demo: bool = False
 
@@ -125,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a thinking model's <think> block: in reasoning_content (auto, deepseek) or inline (none)")
     api.add_argument("--max-queue", type=_int, default=256, metavar="N",
                      help="requests that may wait for a slot; more get 503 with Retry-After (default 256)")
+    api.add_argument("--spec", choices=("on", "off"), default="on",
+                     help="n-gram speculation: draft from the conversation when it pays (default on)")
+    api.add_argument("--spec-draft-max", type=_int, default=64, metavar="N",
+                     help="tokens drafted at most per step (default 64)")
+    api.add_argument("--spec-ngram-min", type=_int, default=3, metavar="N",
+                     help="the shortest history tail looked up for a draft (default 3)")
+    api.add_argument("--spec-ngram-max", type=_int, default=32, metavar="N",
+                     help="a match this long is taken for a copy in progress (default 32)")
     api.add_argument("--responses-store", type=_int, default=256, metavar="N",
                      help="Responses API responses kept in memory for previous_response_id (default 256, 0 none)")
     api.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS",
@@ -158,6 +170,8 @@ def parse_config(argv: list[str]) -> ServerConfig:
         fail(f"--cache-ram must be 0 or more, not {args.cache_ram}")
     if args.max_queue < 0:
         fail(f"--max-queue must be 0 or more, not {args.max_queue}")
+    if args.spec_draft_max < 1 or args.spec_ngram_min < 1 or args.spec_ngram_max < args.spec_ngram_min:
+        fail("--spec-draft-max and --spec-ngram-min must be at least 1, --spec-ngram-max at least --spec-ngram-min")
     if args.responses_store < 0:
         fail(f"--responses-store must be 0 or more, not {args.responses_store}")
     if args.chat_template:
@@ -170,6 +184,8 @@ def parse_config(argv: list[str]) -> ServerConfig:
         api_key=args.api_key, alias=args.alias, chat_template=args.chat_template, verbose=args.verbose,
         max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout, reasoning_format=args.reasoning_format,
         responses_store=args.responses_store, using_demo=using_demo,
+        spec=args.spec == "on", spec_draft_max=args.spec_draft_max, spec_ngram_min=args.spec_ngram_min,
+        spec_ngram_max=args.spec_ngram_max,
     )
 
 

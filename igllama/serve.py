@@ -28,6 +28,7 @@ from igllama.engine import (
     TemplateError,
     default_threads,
 )
+from igllama.engine.speculation import SpecConfig
 from igllama.http import Limits, ListenError, Server, wait_for_signal
 
 log = logging.getLogger("igllama")
@@ -49,6 +50,7 @@ def engine_config(config: ServerConfig) -> EngineConfig:
         cache_ram_mib=config.cache_ram,
         max_queue=config.max_queue,
         split_reasoning=config.reasoning_format != "none",
+        spec=SpecConfig(config.spec, config.spec_draft_max, config.spec_ngram_min, config.spec_ngram_max),
     )
 
 

@@ -177,8 +177,9 @@ class App:
             what = "client went away" if status == 499 else "failed"
             access_log.info("%s %s %d %s, %.0f ms", request.method, request.path, status, what, elapsed_ms)
             return
+        drafts = f" drafted={done.drafted} accepted={done.accepted}" if done.drafted else ""
         access_log.info(
-            "%s %s %d prompt=%d cached=%d completion=%d %.1f tok/s %.0f ms",
+            "%s %s %d prompt=%d cached=%d completion=%d%s %.1f tok/s %.0f ms",
             request.method, request.path, status, done.prompt_tokens, done.cached_tokens,
-            done.completion_tokens, done.generation_tokens_per_s, elapsed_ms,
+            done.completion_tokens, drafts, done.generation_tokens_per_s, elapsed_ms,
         )

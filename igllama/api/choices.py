@@ -85,5 +85,7 @@ def combined(given: Sequence[Finished | None]) -> Finished:
         first,
         completion_tokens=sum(end.completion_tokens for end in ends),
         generation_ms=max(end.generation_ms for end in ends),
+        drafted=sum(end.drafted for end in ends),
+        accepted=sum(end.accepted for end in ends),
         tool_calls=(),
     )

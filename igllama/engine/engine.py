@@ -19,7 +19,7 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from igllama.engine.embeddings import Embedder, EmbeddingJob, EmbeddingResult
@@ -32,6 +32,7 @@ from igllama.engine.runner import ContextConfig, Runner, default_threads
 from igllama.engine.sampling import Sampler, SamplingParams
 from igllama.engine.scheduler import Scheduler
 from igllama.engine.sequence import CompletionRequest, Finished, Sequence, TextDelta
+from igllama.engine.speculation import DecodeCosts, Drafter, SpecConfig
 from igllama.engine.stream import GenerationStream, Watchdog
 from igllama.engine.template import TemplateError, load_template
 from igllama.engine.text import THINK_OPEN, ReasoningSplitter, TextPipeline
@@ -67,6 +68,7 @@ class EngineConfig:
     cache_ram_mib: int = 512  # host RAM for idle slots' KV states; 0 drops them instead
     max_queue: int = 256  # completions waiting for a slot beyond which new ones are refused
     split_reasoning: bool = True  # a thinking model's <think> block goes to reasoning, not the answer
+    spec: SpecConfig = field(default_factory=SpecConfig)  # n-gram speculation
     # An admitted request that produces nothing for this long, or an engine
     # thread that has not come round its loop for this long while it has
     # work, is a failure reported to the clients instead of a hang.
@@ -108,6 +110,8 @@ class Engine:
         )
         self.embedder = Embedder(self.model, max(self.runner.n_batch, 512), self.n_threads, self.n_threads_batch)
         self.worker = Worker(self.model, self.runner, self.scheduler, self.embedder)
+        self.costs = DecodeCosts() if config.spec.enabled else None
+        self.worker.costs = self.costs
         self._inbox = self.worker.inbox
         self._ids = itertools.count()
         # Event-loop side: the open streams, which the watchdog looks over.
@@ -181,6 +185,7 @@ class Engine:
                     request.cache_prompt,
                     request.logprobs,
                     leader=sequences[0] if sequences and request.cache_prompt else None,
+                    drafter=Drafter(self.config.spec, self.costs, prompt) if self.costs and request.speculate else None,
                 ))
         except Exception:
             for seq in sequences:

@@ -61,6 +61,9 @@ class Runner:
         params.n_ctx = config.n_ctx
         params.n_batch = params.n_ubatch = min(config.n_batch, config.n_ctx)
         params.n_seq_max = config.n_seq_max
+        # A speculating sequence wants logits at every drafted position of a batch
+        # (this llama.cpp otherwise allows one output per sequence).
+        params.n_outputs_max_per_seq = 0
         params.n_threads = config.n_threads or default_threads()
         params.n_threads_batch = config.n_threads_batch or default_threads()
         params.kv_unified = True  # one pool: a lone long conversation may use all of it

@@ -41,6 +41,7 @@ class BatchItem:
     sequence: Sequence
     tokens: list[int]
     wants_logits: bool
+    n_draft: int = 0  # drafted tokens after the first (logits wanted at every position)
 
 
 class KvMemory(Protocol):
@@ -273,9 +274,8 @@ class Scheduler:
         out_of_room: list[Sequence] = []
         budget = self.n_batch
         free_cells = self.n_ctx - self.cells_used
-        for seq in self.running:
-            if seq.status is not Status.DECODING:
-                continue
+        decoding = [seq for seq in self.running if seq.status is Status.DECODING]
+        for seq in decoding:
             if len(seq.slot.tokens) >= self.n_ctx:
                 out_of_room.append(seq)
                 continue
@@ -284,9 +284,10 @@ class Scheduler:
             if free_cells < 1:
                 out_of_room.append(seq)
                 continue
-            items.append(BatchItem(seq, [seq.next_token], True))
-            budget -= 1
-            free_cells -= 1
+            draft = self._draft(seq, len(decoding), min(budget - len(decoding), free_cells - 1))
+            items.append(BatchItem(seq, [seq.next_token, *draft], True, len(draft)))
+            budget -= 1 + len(draft)
+            free_cells -= 1 + len(draft)
         for seq in self.running:
             if seq.status is not Status.PREFILLING or budget <= 0:
                 continue
@@ -301,6 +302,14 @@ class Scheduler:
             budget -= n
             free_cells -= n
         return items, out_of_room
+
+    def _draft(self, seq: Sequence, n_decoding: int, room: int) -> list[int]:
+        """Tokens to verify after `seq`'s next one: what its drafter finds worth the cost in this batch."""
+        if seq.drafter is None:
+            return []
+        # Never past max_tokens or the context: a draft token is one more cell and one more token.
+        limit = min(room, seq.max_tokens - seq.n_generated - 1, self.n_ctx - len(seq.slot.tokens) - 2)
+        return seq.drafter.propose(limit, batch_tokens=n_decoding)
 
     def _evict_idle(self, cells_needed: int) -> int:
         """Drop the cached tokens of idle slots, least recently used first."""

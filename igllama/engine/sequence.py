@@ -21,6 +21,7 @@ from igllama.engine.tools import ToolChoice, ToolSpec
 if TYPE_CHECKING:
     from igllama.engine.logprobs import TokenLogprob
     from igllama.engine.sampling import Sampler
+    from igllama.engine.speculation import Drafter
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,8 @@ class CompletionRequest:
     # Token ids to continue, instead of `messages` through the chat template
     # (text completions, fill-in-the-middle): the engine applies no template.
     prompt: tuple[int, ...] = ()
+    # Let the engine speculate (n-gram drafts) when it pays; off, the reply is the same, only slower.
+    speculate: bool = True
 
     @property
     def offered_tools(self) -> tuple[ToolSpec, ...]:
@@ -76,6 +79,8 @@ class Finished:
     generation_ms: float
     tool_calls: tuple[ToolCall, ...] = ()
     stop_string: str = ""  # the stop string that ended the reply, if one did
+    drafted: int = 0  # tokens speculation proposed
+    accepted: int = 0  # of those, the ones the model's own sampling confirmed
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -100,12 +105,15 @@ class Sequence:
     """One request's state on the engine thread."""
 
     __slots__ = (
+        "drafter",
         "id",
         "leader",
         "max_tokens",
+        "n_accepted",
         "n_bytes_generated",
         "n_bytes_released",
         "n_cached",
+        "n_drafted",
         "n_fed",
         "n_generated",
         "n_logprobs",
@@ -134,11 +142,14 @@ class Sequence:
         reuse_cache: bool = True,
         n_logprobs: int | None = None,
         leader: Sequence | None = None,
+        drafter: Drafter | None = None,
     ) -> None:
         self.id = seq_id
         # Another choice of the same request (n > 1): this one waits until the
         # leader's prompt is in the KV cache, then shares its cells.
         self.leader = leader
+        self.drafter = drafter  # n-gram speculation (None: off)
+        self.n_drafted = self.n_accepted = 0
         self.prompt = prompt
         self.max_tokens = max_tokens
         self.sampler = sampler
@@ -173,6 +184,8 @@ class Sequence:
             finish_reason="tool_calls" if calls else finish_reason,
             tool_calls=calls,
             stop_string=self.text.matched_stop,
+            drafted=self.n_drafted,
+            accepted=self.n_accepted,
             prompt_tokens=len(self.prompt),
             cached_tokens=self.n_cached,
             completion_tokens=self.n_generated,

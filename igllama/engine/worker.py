@@ -29,6 +29,7 @@ from igllama.engine.model import Model
 from igllama.engine.runner import DecodeError, Runner
 from igllama.engine.scheduler import BatchItem, Scheduler
 from igllama.engine.sequence import Sequence, Status, TextDelta
+from igllama.engine.speculation import DecodeCosts
 from igllama.engine.tool_calls import CallDelta
 
 log = logging.getLogger("igllama.engine")
@@ -54,9 +55,12 @@ class Worker:
         self._live: set[Sequence] = set()  # submitted and not yet ended
         self._outbox: list[tuple[Sink, Any]] = []
         self._embed_jobs: list[EmbeddingJob] = []
+        self.costs: DecodeCosts | None = None  # measured at start when speculation is on
 
     def run(self) -> None:
         try:
+            if self.costs is not None:
+                self.costs.measure(self._timed_decode)
             self._serve()
         except BaseException as exc:  # the last line of defence: say so, fail everyone
             self.failure = f"the engine thread stopped: {type(exc).__name__}: {exc}"
@@ -64,6 +68,17 @@ class Worker:
                          exc_info=True)
             self._fail_all(EngineUnavailable(self.failure))
             self._flush()
+
+    def _timed_decode(self, n: int) -> None:
+        """A decode of n tokens of one sequence, logits at each (for `DecodeCosts`), then undone."""
+        runner, seq_id = self.runner, len(self.scheduler.slots) - 1
+        runner.clear_batch()
+        last = runner.add_tokens(seq_id, 0, [max(self.model.bos_token, 0)] * n, True)
+        runner.mark_all_outputs(last - n + 1, last + 1)
+        try:
+            runner.decode()
+        finally:
+            runner.remove(seq_id, 0)
 
     def _serve(self) -> None:
         while self.run_once():
@@ -156,12 +171,14 @@ class Worker:
             self._flush()
             return
         runner.clear_batch()
-        outputs: list[tuple[Sequence, int]] = []
+        outputs: list[tuple[BatchItem, int]] = []
         for item in items:
-            seq, slot = item.sequence, item.sequence.slot
+            slot = item.sequence.slot
             index = runner.add_tokens(slot.seq_id, len(slot.tokens), item.tokens, item.wants_logits)
+            if item.n_draft:
+                runner.mark_all_outputs(index - item.n_draft, index + 1)
             if item.wants_logits:
-                outputs.append((seq, index))
+                outputs.append((item, index - item.n_draft))
         # Hand the last step's events to the event loop now, not before this
         # step's Python work: the loop thread then does its share while the
         # decode runs without the GIL, instead of contending for it here.
@@ -177,13 +194,13 @@ class Worker:
             if item.sequence.status is Status.PREFILLING:
                 item.sequence.n_fed += len(item.tokens)
         now = time.perf_counter()
-        for seq, index in outputs:
+        for item, index in outputs:
+            seq = item.sequence
             try:
-                token = seq.sampler.sample(runner.ctx, index)
-                if seq.n_logprobs is not None and not self.model.is_eog(token):
-                    entry = token_logprob(runner.ctx, index, self.model.n_vocab, token, seq.n_logprobs, self.model.piece)
-                    seq.pending_logprobs.append((seq.n_bytes_generated, entry))
-                    seq.n_bytes_generated += len(entry.piece)
+                if item.n_draft:
+                    self._verify(item, index)
+                    continue
+                token = self._sample(seq, index)
                 if seq.status is Status.PREFILLING:
                     seq.status = Status.DECODING
                     seq.t_first_token = now
@@ -192,12 +209,44 @@ class Worker:
                 log.exception("sampling failed")
                 self._fail(seq, EngineFailure(f"sampling failed: {exc}"), discard=True)
 
+    def _sample(self, seq: Sequence, index: int) -> int:
+        """The token `seq`'s sampler draws from output `index`, its log-probabilities noted if asked."""
+        token = seq.sampler.sample(self.runner.ctx, index)
+        if seq.n_logprobs is not None and not self.model.is_eog(token):
+            entry = token_logprob(self.runner.ctx, index, self.model.n_vocab, token, seq.n_logprobs, self.model.piece)
+            seq.pending_logprobs.append((seq.n_bytes_generated, entry))
+            seq.n_bytes_generated += len(entry.piece)
+        return token
+
+    def _verify(self, item: BatchItem, first: int) -> None:
+        """A drafted item: draw the sequence's own token at each position, keeping drafted
+        tokens while they match; the cells of the rejected rest leave the KV cache."""
+        seq, slot, draft = item.sequence, item.sequence.slot, item.tokens[1:]
+        accepted = 0
+        for i in range(item.n_draft + 1):
+            token = self._sample(seq, first + i)
+            self._accept(seq, token)
+            if seq.status is Status.FINISHED or i == item.n_draft or token != draft[i]:
+                break
+            accepted += 1
+        seq.n_drafted += item.n_draft
+        seq.n_accepted += accepted
+        if seq.drafter is not None:
+            seq.drafter.record(item.n_draft, accepted)
+        keep = len(slot.tokens) - (item.n_draft - accepted)
+        if keep < len(slot.tokens):
+            if not self.runner.remove(slot.seq_id, keep):
+                raise RuntimeError("llama.cpp could not remove a rejected draft from the KV cache")
+            del slot.tokens[keep:]
+
     def _accept(self, seq: Sequence, token: int) -> None:
         model = self.model
         if model.is_eog(token):
             self._finish(seq, "stop")
             return
         seq.n_generated += 1
+        if seq.drafter is not None:
+            seq.drafter.append(token)
         piece = model.piece(token)
         if not piece and seq.text.reads_calls:
             piece = model.call_markers.get(token, b"")

@@ -39,6 +39,8 @@ def timings(done: Finished) -> dict[str, Any]:
         "predicted_n": done.completion_tokens,
         "predicted_ms": done.generation_ms,
         "predicted_per_second": done.generation_tokens_per_s,
+        "draft_n": done.drafted,
+        "draft_n_accepted": done.accepted,
     }
 
 

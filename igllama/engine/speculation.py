@@ -1,0 +1,161 @@
+"""N-gram speculation: drafting tokens a sequence will likely write next, from what it has seen.
+
+Much of what models write copies from their prompt or their own output (code
+edits, quotes, JSON echoing its input). A sequence's `Drafter` finds the
+longest earlier occurrence of its history's tail and proposes what followed
+it there. The draft rides in the same decode as everyone else's tokens, with
+logits at every position; the sequence keeps the longest prefix whose
+tokens its own sampler draws, plus the token drawn where they part, so a
+reply is the one it would be without speculation.
+
+A draft is only worth its cost when enough of it is accepted: on a CPU a
+decode of k tokens of one sequence costs far more than one token's (each
+position also pays for the output layer over the whole vocabulary), so the
+length is chosen by expected gain: the measured cost of a decode of each
+size (`DecodeCosts`, timed once at load) against the tokens a draft of that
+length is expected to yield, from the sequence's own acceptance so far and
+how long the matched history is. When nothing pays, nothing is drafted; in
+a large batch a draft slows every sequence in it, which the same sum counts.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Draft lengths tried (the continuation found may be shorter).
+_LENGTHS = (2, 4, 8, 16, 32, 64)
+# A draft must promise this much more throughput than no draft at all.
+_MIN_GAIN = 1.15
+
+
+@dataclass(frozen=True, slots=True)
+class SpecConfig:
+    enabled: bool = True
+    draft_max: int = 64  # tokens drafted at most per step
+    ngram_min: int = 3  # the shortest history tail looked up
+    ngram_max: int = 32  # matches longer than this count as this long
+
+
+class DecodeCosts:
+    """How long a decode of n tokens (all with logits) takes: a cautious guess until `measure`."""
+
+    def __init__(self, points: dict[int, float] | None = None) -> None:
+        self._set(points or {1: 1.0, 64: 64.0})  # as if a batch saved nothing: no draft pays
+
+    def measure(self, decode: Callable[[int], None], sizes: tuple[int, ...] = (1, 4, 16, 32)) -> None:
+        """Time `decode(n)` (n tokens of one sequence, logits at each) for each size, after a warm-up.
+        Runs on the engine thread, at start: the llama.cpp thread team must stay that thread's."""
+        decode(1)
+        points = {}
+        for n in sizes:
+            start = time.perf_counter()
+            decode(n)
+            points[n] = (time.perf_counter() - start) * 1000.0
+        self._set(points)
+
+    def set(self, points: dict[int, float]) -> None:
+        """Use these costs (ms by decode size) instead of measured ones (tests, benchmarks)."""
+        self._set(points)
+
+    def _set(self, points: dict[int, float]) -> None:
+        self._sizes = sorted(points)
+        self._ms = [points[n] for n in self._sizes]
+
+    def ms(self, n: int) -> float:
+        """The cost of n tokens, interpolated between measured sizes (linear beyond the last)."""
+        sizes, ms = self._sizes, self._ms
+        i = bisect.bisect_left(sizes, n)
+        if i < len(sizes) and sizes[i] == n:
+            return ms[i]
+        if i == 0:
+            return ms[0]
+        if i == len(sizes):
+            return ms[-1] * n / sizes[-1]
+        lo, hi = sizes[i - 1], sizes[i]
+        return ms[i - 1] + (ms[i] - ms[i - 1]) * (n - lo) / (hi - lo)
+
+
+class Drafter:
+    """One sequence's history, indexed by its n-grams, and how well its drafts have done."""
+
+    __slots__ = ("_index", "_indexed", "acceptance", "config", "costs", "tokens")
+
+    def __init__(self, config: SpecConfig, costs: DecodeCosts, tokens: list[int]) -> None:
+        self.config = config
+        self.costs = costs
+        self.tokens = list(tokens)  # the prompt and every token generated (the last one not yet decoded)
+        self._index: dict[tuple[int, ...], int] = {}  # an ngram_min-gram -> where it last ended
+        self._indexed = 0  # end positions indexed so far: 1 .. _indexed
+        self.acceptance: float | None = None  # this sequence's per-token acceptance, once it has drafted
+
+    def append(self, token: int) -> None:
+        self.tokens.append(token)
+
+    def propose(self, limit: int, batch_tokens: int = 1) -> list[int]:
+        """The draft worth verifying after the history's tail: up to `limit` tokens, or none.
+        `batch_tokens`: what the batch holds without it (other sequences' tokens and this one's next)."""
+        limit = min(limit, self.config.draft_max)
+        n = self.config.ngram_min
+        tokens = self._catch_up()
+        if limit < 1 or len(tokens) <= n:
+            return []
+        end = self._index.get(tuple(tokens[-n:]))
+        if end is None:
+            return []
+        continuation = tokens[end : end + limit]
+        k = self._best_length(self._match_length(end), len(continuation), batch_tokens)
+        return continuation[:k]
+
+    def record(self, drafted: int, accepted: int) -> None:
+        """Learn from a verified draft (the estimate of a geometric run's success rate)."""
+        if not drafted:
+            return
+        observed = accepted / (accepted + 1) if accepted < drafted else drafted / (drafted + 0.5)
+        self.acceptance = observed if self.acceptance is None else 0.6 * self.acceptance + 0.4 * observed
+
+    def _best_length(self, matched: int, available: int, batch_tokens: int) -> int:
+        """The draft length with the best expected throughput gain, 0 if none gains enough."""
+        prior = _prior(matched, self.config)
+        # A sequence's own record says most, but a match as long as they come is a copy in progress.
+        if self.acceptance is None:
+            p = prior
+        else:
+            p = max(prior, self.acceptance) if matched >= self.config.ngram_max else self.acceptance
+        base = self.costs.ms(batch_tokens)
+        best, best_gain = 0, _MIN_GAIN
+        for k in _LENGTHS:
+            k = min(k, available)
+            expected = p * (1 - p**k) / (1 - p) if p < 1 else k  # tokens accepted, on average
+            # Every sequence of the batch waits for the longer decode; this one gains `expected`.
+            gain = (batch_tokens + expected) / batch_tokens * base / self.costs.ms(batch_tokens + k)
+            if gain > best_gain:
+                best, best_gain = k, gain
+            if k == available:
+                break
+        return best
+
+    def _match_length(self, end: int) -> int:
+        """How many tokens before `end` equal the history's tail (at most ngram_max)."""
+        tokens, tail = self.tokens, len(self.tokens)
+        n = 0
+        while n < self.config.ngram_max and end - n - 1 >= 0 and tokens[end - n - 1] == tokens[tail - n - 1]:
+            n += 1
+        return n
+
+    def _catch_up(self) -> list[int]:
+        """Index every n-gram that ends before the last position (the tail itself is what is looked up)."""
+        tokens, n = self.tokens, self.config.ngram_min
+        last = len(tokens) - 1
+        index = self._index
+        for end in range(max(self._indexed + 1, n), last + 1):
+            index[tuple(tokens[end - n : end])] = end
+        self._indexed = max(self._indexed, last)
+        return tokens
+
+
+def _prior(matched: int, config: SpecConfig) -> float:
+    """Acceptance to expect before a sequence has drafted: a longer match, a likelier copy."""
+    return min(0.95, 0.4 + 0.5 * matched / config.ngram_max)

@@ -1,0 +1,115 @@
+"""N-gram speculation: drafts from the history, chosen by expected gain, never changing a reply."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+from igllama.engine import (
+    ChatMessage,
+    CompletionRequest,
+    Engine,
+    EngineConfig,
+    ModelConfig,
+    SamplingParams,
+)
+from igllama.engine.speculation import DecodeCosts, Drafter, SpecConfig
+from tests.engine.conftest import NEVER_STOP, run
+from tests.models import QWEN_CODER
+
+# Costs under which any likely draft pays (a batch of 64 costs twice one token),
+# and under which none does (every token costs the same, batched or not).
+CHEAP = {1: 10.0, 64: 20.0}
+DEAR = {1: 10.0, 64: 640.0}
+
+
+def drafter(tokens: list[int], costs: dict[int, float] = CHEAP, **config: int) -> Drafter:
+    return Drafter(SpecConfig(**config), DecodeCosts(costs), tokens)  # type: ignore[arg-type]
+
+
+def test_the_draft_is_what_followed_the_tail_before() -> None:
+    history = [5, 6, 7, 8, 9, 10, 11, 1, 2, 5, 6, 7]
+    assert drafter(history).propose(3) == [8, 9, 10]
+    assert drafter([1, 2, 3, 4, 5, 6]).propose(8) == []  # the tail never occurred before
+
+
+def test_the_latest_occurrence_wins_and_the_index_follows_new_tokens() -> None:
+    d = drafter([1, 2, 3, 40, 1, 2, 3, 50, 9, 1, 2])
+    d.append(3)
+    assert d.propose(1) == [50]
+
+
+def test_a_draft_is_only_made_when_it_pays() -> None:
+    copy = list(range(100, 140)) + list(range(100, 130))  # a long copy in progress
+    assert len(drafter(copy).propose(64)) >= 8
+    assert drafter(copy, DEAR).propose(64) == []
+    # In a batch of 8 sequences a draft slows all of them: the same draft must promise more.
+    d = drafter(copy, {1: 10.0, 8: 20.0, 16: 40.0, 72: 300.0})
+    assert len(d.propose(64, batch_tokens=1)) > len(d.propose(64, batch_tokens=8))
+
+
+def test_a_sequence_that_keeps_missing_stops_drafting() -> None:
+    history = [7, 1, 2, 3, 4, 9, 9, 9, 1, 2, 3, 4]  # a short match: a guess
+    d = drafter(history, {1: 10.0, 2: 11.0, 4: 12.0, 64: 30.0})
+    assert d.propose(4)
+    d.record(4, 0)
+    d.record(4, 0)
+    assert d.propose(4) == []
+
+
+def test_costs_interpolate_between_measured_sizes() -> None:
+    costs = DecodeCosts({1: 10.0, 4: 16.0, 16: 40.0})
+    assert costs.ms(1) == 10.0 and costs.ms(2) == 12.0 and costs.ms(10) == 28.0
+    assert costs.ms(32) == 80.0  # linear beyond the last
+
+
+# -- on the real models: the reply is the same with speculation on and off
+
+CODE = "\n".join(f"class Shape{i}:\n    def area(self):\n        return {i} * self.size\n" for i in range(8))
+WORKLOADS = {
+    "repeat": "Repeat this text word for word:\n\n" + " ".join(
+        f"The lighthouse keeper counted {i} ships on day {i + 3}." for i in range(8)),
+    "code edit": "Rename every class ShapeN to FormN and output the whole file:\n\n" + CODE,
+    "free chat": "Write a short story about a cat who learns to fly.",
+}
+
+
+@pytest.fixture(scope="module")
+def qwen_engine() -> Iterator[Engine]:
+    engine = Engine(EngineConfig(ModelConfig(str(QWEN_CODER.path())), n_ctx=4096, n_batch=256, n_slots=2))
+    yield engine
+    engine.close()
+
+
+@pytest.mark.parametrize("which", ["demo", "qwen"])
+async def test_speculation_never_changes_a_greedy_reply(which: str, engine: Engine, request: pytest.FixtureRequest
+                                                        ) -> None:
+    target = engine if which == "demo" else request.getfixturevalue("qwen_engine")
+    await run(target, CompletionRequest((ChatMessage("user", "Hi"),), 2))  # the costs are measured by now
+    assert target.costs is not None
+    target.costs.set(CHEAP)
+    sampling = NEVER_STOP if which == "demo" else SamplingParams(temperature=0.0)
+    drafted = 0
+    for name, text in WORKLOADS.items():
+        request_ = CompletionRequest((ChatMessage("user", text),), 96, sampling, cache_prompt=False)
+        plain, done_plain = await run(target, replace(request_, speculate=False))
+        fast, done_fast = await run(target, request_)
+        assert "".join(fast) == "".join(plain), name
+        assert done_fast.completion_tokens == done_plain.completion_tokens and done_plain.drafted == 0
+        drafted += done_fast.drafted
+        assert done_fast.accepted <= done_fast.drafted
+    assert drafted > 0, "nothing was drafted: the test proved nothing"
+
+
+async def test_sampled_replies_keep_their_seed(engine: Engine) -> None:
+    """A seeded sampled reply draws the same tokens: drafts are accepted only where the sampler agrees."""
+    await run(engine, CompletionRequest((ChatMessage("user", "Hi"),), 2))
+    assert engine.costs is not None
+    engine.costs.set(CHEAP)
+    sampling = replace(NEVER_STOP, temperature=0.8, seed=11)
+    request_ = CompletionRequest((ChatMessage("user", WORKLOADS["repeat"]),), 64, sampling, cache_prompt=False)
+    plain, _ = await run(engine, replace(request_, speculate=False))
+    fast, _ = await run(engine, request_)
+    assert "".join(fast) == "".join(plain)
