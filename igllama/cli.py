@@ -17,6 +17,8 @@ from typing import NoReturn
 from igllama import __version__
 
 EXIT_USAGE = 2
+# llama-server's KV cache types (igllama/engine/runner.py maps them; named here so --help stays light)
+KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,8 @@ class ServerConfig:
     max_queue: int = 256
     reasoning_format: str = "auto"
     responses_store: int = 256
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
     spec: bool = True  # n-gram speculation, and its tuning:
     spec_draft_max: int = 64
     spec_ngram_min: int = 3
@@ -129,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a thinking model's <think> block: in reasoning_content (auto, deepseek) or inline (none)")
     api.add_argument("--max-queue", type=_int, default=256, metavar="N",
                      help="requests that may wait for a slot; more get 503 with Retry-After (default 256)")
+    api.add_argument("-ctk", "--cache-type-k", choices=KV_CACHE_TYPES, default="f16", metavar="TYPE",
+                     help="KV cache type for K: " + ", ".join(KV_CACHE_TYPES) + " (default f16)")
+    api.add_argument("-ctv", "--cache-type-v", choices=KV_CACHE_TYPES, default="f16", metavar="TYPE",
+                     help="KV cache type for V (a quantized V turns flash attention on; default f16)")
     api.add_argument("--spec", choices=("on", "off"), default="on",
                      help="n-gram speculation: draft from the conversation when it pays (default on)")
     api.add_argument("--spec-draft-max", type=_int, default=64, metavar="N",
@@ -184,6 +192,7 @@ def parse_config(argv: list[str]) -> ServerConfig:
         api_key=args.api_key, alias=args.alias, chat_template=args.chat_template, verbose=args.verbose,
         max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout, reasoning_format=args.reasoning_format,
         responses_store=args.responses_store, using_demo=using_demo,
+        cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v,
         spec=args.spec == "on", spec_draft_max=args.spec_draft_max, spec_ngram_min=args.spec_ngram_min,
         spec_ngram_max=args.spec_ngram_max,
     )

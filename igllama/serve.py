@@ -50,6 +50,8 @@ def engine_config(config: ServerConfig) -> EngineConfig:
         cache_ram_mib=config.cache_ram,
         max_queue=config.max_queue,
         split_reasoning=config.reasoning_format != "none",
+        cache_type_k=config.cache_type_k,
+        cache_type_v=config.cache_type_v,
         spec=SpecConfig(config.spec, config.spec_draft_max, config.spec_ngram_min, config.spec_ngram_max),
     )
 

@@ -63,6 +63,8 @@ class EngineConfig:
     n_slots: int = 4
     n_threads: int = 0  # 0: all cores (generation, memory-bandwidth bound)
     n_threads_batch: int = 0  # 0: all cores (prefill, compute bound)
+    cache_type_k: str = "f16"  # KV cache element types: f16, q8_0, q4_0, ... (runner.KV_CACHE_TYPES)
+    cache_type_v: str = "f16"
     chat_template: str | None = None  # a built-in name or a Jinja file
     no_think: bool = False
     cache_ram_mib: int = 512  # host RAM for idle slots' KV states; 0 drops them instead
@@ -93,6 +95,8 @@ class Engine:
                     n_seq_max=config.n_slots,
                     n_threads=config.n_threads,
                     n_threads_batch=config.n_threads_batch,
+                    cache_type_k=config.cache_type_k,
+                    cache_type_v=config.cache_type_v,
                 ),
             )
         except Exception:
@@ -110,7 +114,9 @@ class Engine:
         )
         self.embedder = Embedder(self.model, max(self.runner.n_batch, 512), self.n_threads, self.n_threads_batch)
         self.worker = Worker(self.model, self.runner, self.scheduler, self.embedder)
-        self.costs = DecodeCosts() if config.spec.enabled else None
+        # Not on sliding-window models (Gemma 3): there greedy replies with drafts part from
+        # those without after a few hundred tokens, for a reason not yet pinned down (README).
+        self.costs = DecodeCosts() if config.spec.enabled and self.model.n_swa == 0 else None
         self.worker.costs = self.costs
         self._inbox = self.worker.inbox
         self._ids = itertools.count()

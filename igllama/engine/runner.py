@@ -35,7 +35,12 @@ class ContextConfig:
     n_threads: int = 0  # 0: all cores
     n_threads_batch: int = 0
     embeddings: bool = False
+    cache_type_k: str = "f16"  # the KV cache's element types (KV_CACHE_TYPES)
+    cache_type_v: str = "f16"
 
+
+# The KV cache types llama-server offers, by their names there.
+KV_CACHE_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "iq4_nl": 20, "q5_0": 6, "q5_1": 7}
 
 # llama.cpp overflows 32-bit sizes (and aborts) on absurd contexts; refuse them first.
 MAX_CTX = 1 << 24
@@ -71,6 +76,12 @@ class Runner:
         # otherwise a sliding-window model (Gemma 3) drops old positions and a
         # conversation's next turn cannot reuse its prefix past the window.
         params.swa_full = True
+        for name in (config.cache_type_k, config.cache_type_v):
+            if name not in KV_CACHE_TYPES:
+                raise ModelLoadError(f"unknown KV cache type {name!r}; use one of {', '.join(KV_CACHE_TYPES)}")
+        params.type_k, params.type_v = KV_CACHE_TYPES[config.cache_type_k], KV_CACHE_TYPES[config.cache_type_v]
+        if config.cache_type_v not in ("f16", "f32", "bf16"):
+            params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_ENABLED  # llama.cpp needs it for a quantized V
         params.no_perf = True
         if config.embeddings:
             params.embeddings = True

@@ -59,8 +59,7 @@ class Worker:
 
     def run(self) -> None:
         try:
-            if self.costs is not None:
-                self.costs.measure(self._timed_decode)
+            self._measure_costs()
             self._serve()
         except BaseException as exc:  # the last line of defence: say so, fail everyone
             self.failure = f"the engine thread stopped: {type(exc).__name__}: {exc}"
@@ -68,6 +67,17 @@ class Worker:
                          exc_info=True)
             self._fail_all(EngineUnavailable(self.failure))
             self._flush()
+
+    def _measure_costs(self) -> None:
+        """Time decodes of a few sizes for speculation's sums; without them nothing is drafted."""
+        if self.costs is None:
+            return
+        room = min(self.runner.n_batch, self.scheduler.n_ctx)
+        sizes = tuple(n for n in (1, 2, 4, 7, 16) if n <= room)
+        try:
+            self.costs.measure(self._timed_decode, sizes)
+        except Exception:
+            log.warning("timing decodes for speculation failed; it stays off", exc_info=True)
 
     def _timed_decode(self, n: int) -> None:
         """A decode of n tokens of one sequence, logits at each (for `DecodeCosts`), then undone."""

@@ -16,7 +16,7 @@ from igllama.engine import (
     SamplingParams,
 )
 from igllama.engine.speculation import DecodeCosts, Drafter, SpecConfig
-from tests.engine.conftest import NEVER_STOP, run
+from tests.engine.conftest import run
 from tests.models import QWEN_CODER
 
 # Costs under which any likely draft pays (a batch of 64 costs twice one token),
@@ -43,10 +43,11 @@ def test_the_latest_occurrence_wins_and_the_index_follows_new_tokens() -> None:
 
 def test_a_draft_is_only_made_when_it_pays() -> None:
     copy = list(range(100, 140)) + list(range(100, 130))  # a long copy in progress
-    assert len(drafter(copy).propose(64)) >= 8
+    assert len(drafter(copy, draft_max=64).propose(64)) >= 8
+    assert len(drafter(copy).propose(64)) == 6  # the default cap (see SpecConfig.draft_max)
     assert drafter(copy, DEAR).propose(64) == []
     # In a batch of 8 sequences a draft slows all of them: the same draft must promise more.
-    d = drafter(copy, {1: 10.0, 8: 20.0, 16: 40.0, 72: 300.0})
+    d = drafter(copy, {1: 10.0, 8: 20.0, 16: 40.0, 72: 300.0}, draft_max=64)
     assert len(d.propose(64, batch_tokens=1)) > len(d.propose(64, batch_tokens=8))
 
 
@@ -83,33 +84,36 @@ def qwen_engine() -> Iterator[Engine]:
     engine.close()
 
 
-@pytest.mark.parametrize("which", ["demo", "qwen"])
-async def test_speculation_never_changes_a_greedy_reply(which: str, engine: Engine, request: pytest.FixtureRequest
-                                                        ) -> None:
-    target = engine if which == "demo" else request.getfixturevalue("qwen_engine")
-    await run(target, CompletionRequest((ChatMessage("user", "Hi"),), 2))  # the costs are measured by now
-    assert target.costs is not None
-    target.costs.set(CHEAP)
-    sampling = NEVER_STOP if which == "demo" else SamplingParams(temperature=0.0)
+async def test_speculation_never_changes_a_greedy_reply(qwen_engine: Engine) -> None:
+    await run(qwen_engine, CompletionRequest((ChatMessage("user", "Hi"),), 2))  # the costs are measured by now
+    assert qwen_engine.costs is not None, "speculation is on by default"
+    qwen_engine.costs.set(CHEAP)
     drafted = 0
     for name, text in WORKLOADS.items():
-        request_ = CompletionRequest((ChatMessage("user", text),), 96, sampling, cache_prompt=False)
-        plain, done_plain = await run(target, replace(request_, speculate=False))
-        fast, done_fast = await run(target, request_)
+        request = CompletionRequest((ChatMessage("user", text),), 160, SamplingParams(temperature=0.0),
+                                    cache_prompt=False)
+        plain, done_plain = await run(qwen_engine, replace(request, speculate=False))
+        fast, done_fast = await run(qwen_engine, request)
         assert "".join(fast) == "".join(plain), name
         assert done_fast.completion_tokens == done_plain.completion_tokens and done_plain.drafted == 0
-        drafted += done_fast.drafted
         assert done_fast.accepted <= done_fast.drafted
+        drafted += done_fast.drafted
     assert drafted > 0, "nothing was drafted: the test proved nothing"
 
 
-async def test_sampled_replies_keep_their_seed(engine: Engine) -> None:
+async def test_sampled_replies_keep_their_seed(qwen_engine: Engine) -> None:
     """A seeded sampled reply draws the same tokens: drafts are accepted only where the sampler agrees."""
-    await run(engine, CompletionRequest((ChatMessage("user", "Hi"),), 2))
-    assert engine.costs is not None
-    engine.costs.set(CHEAP)
-    sampling = replace(NEVER_STOP, temperature=0.8, seed=11)
-    request_ = CompletionRequest((ChatMessage("user", WORKLOADS["repeat"]),), 64, sampling, cache_prompt=False)
-    plain, _ = await run(engine, replace(request_, speculate=False))
-    fast, _ = await run(engine, request_)
+    await run(qwen_engine, CompletionRequest((ChatMessage("user", "Hi"),), 2))
+    assert qwen_engine.costs is not None
+    qwen_engine.costs.set(CHEAP)
+    sampling = SamplingParams(temperature=0.8, seed=11)
+    request = CompletionRequest((ChatMessage("user", WORKLOADS["repeat"]),), 96, sampling, cache_prompt=False)
+    plain, _ = await run(qwen_engine, replace(request, speculate=False))
+    fast, done = await run(qwen_engine, request)
     assert "".join(fast) == "".join(plain)
+    assert done.drafted > 0
+
+
+def test_sliding_window_models_do_not_speculate(engine: Engine) -> None:
+    """Gemma 3 (the demo model): replies with drafts part from those without (README), so none are made."""
+    assert engine.model.n_swa > 0 and engine.costs is None
