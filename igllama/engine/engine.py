@@ -114,9 +114,7 @@ class Engine:
         )
         self.embedder = Embedder(self.model, max(self.runner.n_batch, 512), self.n_threads, self.n_threads_batch)
         self.worker = Worker(self.model, self.runner, self.scheduler, self.embedder)
-        # Not on sliding-window models (Gemma 3): there greedy replies with drafts part from
-        # those without after a few hundred tokens, for a reason not yet pinned down (README).
-        self.costs = DecodeCosts() if config.spec.enabled and self.model.n_swa == 0 else None
+        self.costs = DecodeCosts() if config.spec.enabled else None
         self.worker.costs = self.costs
         self._inbox = self.worker.inbox
         self._ids = itertools.count()
