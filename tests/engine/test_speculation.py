@@ -120,3 +120,17 @@ async def test_sampled_replies_keep_their_seed(one_thread: Engine) -> None:
     fast, done = await run(one_thread, request)
     assert "".join(fast) == "".join(plain)
     assert done.drafted > 0
+
+
+def test_nobody_drafts_once_more_than_two_sequences_decode() -> None:
+    """Then the decode is compute-bound: with 8 streams drafts cost 17% of the throughput (README)."""
+    from types import SimpleNamespace
+
+    from igllama.engine.prompt_cache import PromptCache
+    from igllama.engine.scheduler import MAX_DRAFTING_STREAMS, Scheduler
+
+    copy = list(range(100, 140)) + list(range(100, 130))
+    scheduler = Scheduler(4, 1024, 64, 0, None, PromptCache(0))  # type: ignore[arg-type]
+    seq = SimpleNamespace(drafter=drafter(copy), max_tokens=100, n_generated=0, slot=SimpleNamespace(tokens=copy))
+    assert scheduler._draft(seq, MAX_DRAFTING_STREAMS, 0, 64)  # type: ignore[arg-type]
+    assert scheduler._draft(seq, MAX_DRAFTING_STREAMS + 1, 0, 64) == []  # type: ignore[arg-type]
