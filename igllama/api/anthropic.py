@@ -62,8 +62,7 @@ def error_body(error: APIError) -> bytes:
 
 
 def error_response(error: APIError) -> Response:
-    headers = [(b"Retry-After", str(error.retry_after).encode())] if error.retry_after is not None else []
-    return Response(error.status, error_body(error), headers=headers)
+    return error.response(error_body(error))
 
 
 # -- requests

@@ -33,9 +33,10 @@ class APIError(Exception):
     def body(self) -> bytes:
         return _body(self.status, self.message, self.param, self.code)
 
-    def response(self) -> Response:
+    def response(self, body: bytes | None = None) -> Response:
+        """The error as a response: OpenAI's body unless a dialect gives its own."""
         headers = [(b"Retry-After", str(self.retry_after).encode())] if self.retry_after is not None else []
-        return Response(self.status, self.body, headers=headers)
+        return Response(self.status, self.body if body is None else body, headers=headers)
 
 
 # How long a client told to come back (503) should wait, in seconds.

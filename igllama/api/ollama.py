@@ -43,6 +43,7 @@ from igllama.http import NDJSON, EventStream, Request, Response
 
 if TYPE_CHECKING:
     from igllama.api.app import App
+    from igllama.engine.model import Model, ModelFacts
 
 # The Ollama release whose API this follows; clients read it to decide what to send.
 OLLAMA_API_VERSION = "0.9.0"
@@ -62,8 +63,7 @@ def routes(app: App) -> None:
 
 
 def error_response(error: APIError) -> Response:
-    headers = [(b"Retry-After", str(error.retry_after).encode())] if error.retry_after is not None else []
-    return Response(error.status, orjson.dumps({"error": error.message}), headers=headers)
+    return error.response(orjson.dumps({"error": error.message}))
 
 
 def _now() -> str:
@@ -208,19 +208,15 @@ async def generate(app: App, request: Request) -> Response | EventStream:
                              no_think=no_think, split_reasoning=split, grammar=_format(data))
     try:
         if suffix:
-            completion = _replace(base, prompt=tuple(engine.infill_prompt(prompt, suffix)))
+            completion = replace(base, prompt=tuple(engine.infill_prompt(prompt, suffix)))
         elif boolean(data, "raw", False):
-            completion = _replace(base, prompt=tuple(engine.tokenize(prompt)), split_reasoning=False)
+            completion = replace(base, prompt=tuple(engine.tokenize(prompt)), split_reasoning=False)
         else:
             chat_messages = ((ChatMessage("system", system),) if system else ()) + (ChatMessage("user", prompt),)
-            completion = _replace(base, messages=chat_messages)
+            completion = replace(base, messages=chat_messages)
     except EngineError as exc:
         raise from_engine(exc, "suffix") from None
     return await _run(app, request, data, completion, "response")
-
-
-def _replace(request: CompletionRequest, **changes: Any) -> CompletionRequest:
-    return replace(request, **changes)
 
 
 async def _run(app: App, request: Request, data: dict[str, Any], completion: CompletionRequest,
@@ -277,18 +273,17 @@ async def _lines(stream: GenerationStream, model: str, shape: str, started: floa
 # -- models, version, embeddings
 
 
-def _details(app: App) -> dict[str, Any]:
-    model = app.engine_or_503().model
-    facts = model.describe()
+def _details(model: Model, facts: ModelFacts) -> dict[str, Any]:
     return {"parent_model": "", "format": "gguf", "family": model.architecture, "families": [model.architecture],
             "parameter_size": facts.parameter_size, "quantization_level": facts.quantization}
 
 
 def _entry(app: App) -> dict[str, Any]:
-    facts = app.engine_or_503().model.describe()
+    model = app.engine_or_503().model
+    facts = model.describe()
     name = app.settings.model_id
     return {"name": name, "model": name, "modified_at": facts.modified_at, "size": facts.file_size,
-            "digest": "", "details": _details(app)}
+            "digest": "", "details": _details(model, facts)}
 
 
 async def tags(app: App, request: Request) -> Response:
@@ -304,6 +299,7 @@ async def running(app: App, request: Request) -> Response:
 async def show(app: App, request: Request) -> Response:
     engine = app.engine_or_503()
     model = engine.model
+    facts = model.describe()
     capabilities = ["completion"]
     if engine.template.knows_tools:
         capabilities.append("tools")
@@ -313,12 +309,12 @@ async def show(app: App, request: Request) -> Response:
         capabilities.append("thinking")
     return Response.json(200, {
         "modelfile": "", "parameters": "", "template": engine.template.source,
-        "details": _details(app),
+        "details": _details(model, facts),
         "model_info": {"general.architecture": model.architecture,
                        f"{model.architecture}.context_length": model.n_ctx_train,
                        f"{model.architecture}.embedding_length": model.n_embd},
         "capabilities": capabilities,
-        "modified_at": model.describe().modified_at,
+        "modified_at": facts.modified_at,
     })
 
 

@@ -48,7 +48,7 @@ class DecodeCosts:
     """How long a decode of n tokens (all with logits) takes: a cautious guess until `measure`."""
 
     def __init__(self, points: dict[int, float] | None = None) -> None:
-        self._set(points or {1: 1.0, 64: 64.0})  # as if a batch saved nothing: no draft pays
+        self.set(points or {1: 1.0, 64: 64.0})  # as if a batch saved nothing: no draft pays
 
     def measure(self, decode: Callable[[int], None], sizes: tuple[int, ...] = (1, 2, 4, 7, 16)) -> None:
         """Time `decode(n)` (n tokens of one sequence, logits at each) for each size, after a warm-up.
@@ -59,13 +59,10 @@ class DecodeCosts:
             start = time.perf_counter()
             decode(n)
             points[n] = (time.perf_counter() - start) * 1000.0
-        self._set(points)
+        self.set(points)
 
     def set(self, points: dict[int, float]) -> None:
-        """Use these costs (ms by decode size) instead of measured ones (tests, benchmarks)."""
-        self._set(points)
-
-    def _set(self, points: dict[int, float]) -> None:
+        """Use these costs (ms by decode size): measured ones, or assumed (tests, benchmarks)."""
         self._sizes = sorted(points)
         self._ms = [points[n] for n in self._sizes]
 

@@ -30,7 +30,7 @@ def routes(app: App) -> None:
     app.add("POST", "/v1/embeddings", lambda request: embeddings(app, request))
 
 
-def _stream_error(error: APIError) -> list[bytes]:
+def stream_error(error: APIError) -> list[bytes]:
     """A failure in the middle of an OpenAI stream: the error object, then the usual end."""
     return [error.body, b"[DONE]"]
 
@@ -50,7 +50,7 @@ async def chat_completions(app: App, request: Request) -> Response | EventStream
     if call.stream:
         outcome = Outcome()
         frames = _chunks(streams, call, model, outcome)
-        return EventStream(app.guard_stream(request, streams, started, "messages", frames, _stream_error, outcome))
+        return EventStream(app.guard_stream(request, streams, started, "messages", frames, stream_error, outcome))
     replies, total = await app.gather(request, streams, started, call.request.logprobs is not None)
     choices = [
         responses.choice(

@@ -29,6 +29,7 @@ from igllama.api.fields import (
     stop_strings,
 )
 from igllama.api.openai import chat_replies as responses
+from igllama.api.openai.chat import stream_error
 from igllama.engine import (
     CompletionRequest,
     EngineError,
@@ -134,7 +135,7 @@ async def completions(app: App, request: Request) -> Response | EventStream:
                 tokens = prompt
             if not tokens:
                 raise APIError(400, "the prompt is empty", param="prompt")
-            streams += await engine.submit_choices(_with_prompt(call.request, tokens), call.n)  # checks the ids
+            streams += await engine.submit_choices(replace(call.request, prompt=tuple(tokens)), call.n)  # checks the ids
             echo = "" if not call.echo else prompt if isinstance(prompt, str) else engine.model.detokenize(prompt)
             echoes += [echo] * call.n
     except EngineError as exc:
@@ -150,17 +151,13 @@ async def completions(app: App, request: Request) -> Response | EventStream:
     if call.stream:
         outcome = Outcome()
         frames = _chunks(streams, echoes, call, cid, created, model, outcome)
-        return EventStream(app.guard_stream(request, streams, started, "prompt", frames, _stream_error, outcome))
+        return EventStream(app.guard_stream(request, streams, started, "prompt", frames, stream_error, outcome))
     replies, total = await app.gather(request, streams, started, call.request.logprobs is not None, "prompt")
     choices = [
         _choice(i, echoes[i] + reply.text, reply.done, _legacy_logprobs(reply.logprobs, len(echoes[i])))
         for i, reply in enumerate(replies)
     ]
     return Response.json(200, _completion(cid, created, model, choices, total))
-
-
-def _with_prompt(request: CompletionRequest, tokens: list[int]) -> CompletionRequest:
-    return replace(request, prompt=tuple(tokens))
 
 
 def _choice(index: int, text: str, done: Finished | None, logprobs: dict[str, Any] | None) -> dict[str, Any]:
@@ -221,10 +218,6 @@ async def _chunks(streams: list[GenerationStream], echoes: list[str], call: Text
     yield b"[DONE]"
 
 
-def _stream_error(error: APIError) -> list[bytes]:
-    return [error.body, b"[DONE]"]
-
-
 # -- llama-server's /infill
 
 
@@ -246,7 +239,7 @@ async def infill(app: App, request: Request) -> Response | EventStream:
     )
     try:
         tokens = engine.infill_prompt(prefix, suffix, extra)
-        streams = await engine.submit_choices(_with_prompt(base, tokens), 1)
+        streams = await engine.submit_choices(replace(base, prompt=tuple(tokens)), 1)
     except EngineError as exc:
         raise from_engine(exc, "input_suffix") from None
     model = model_name(data) or app.settings.model_id
