@@ -15,6 +15,7 @@ off.
 
     .venv/bin/python scripts/bench_spec.py                      # Qwen2.5-Coder-0.5B-Instruct and the demo model
     .venv/bin/python scripts/bench_spec.py --models demo --rounds 2
+    .venv/bin/python scripts/bench_spec.py --models qwen --draft-max 16,32   # also longer drafts
 """
 
 from __future__ import annotations
@@ -92,13 +93,16 @@ def aggregate(port: int, clients: int, max_tokens: int) -> float:
     return sum(tokens for _, tokens, _ in results) / (time.perf_counter() - start)
 
 
-def servers(model: str, threads: int, ctx: int, logdir: Path) -> dict[str, Server]:
+def servers(model: str, args: argparse.Namespace, logdir: Path) -> dict[str, Server]:
     ref = str(reference_server_path())
-    common = ["--host", "127.0.0.1", "-c", str(ctx), "-t", str(threads), "-tb", str(threads), "-np", "8"]
+    common = ["--host", "127.0.0.1", "-c", str(args.ctx), "-t", str(args.threads), "-tb", str(args.threads), "-np", "8"]
+    igllama = [sys.executable, "-m", "igllama", "api", model]
+    longer = {f"igllama draft-max {n}": [*igllama, "--spec-draft-max", str(n)] for n in args.draft_max}
     made = {}
     for name, argv in {
-        "igllama": [sys.executable, "-m", "igllama", "api", model],
-        "igllama spec off": [sys.executable, "-m", "igllama", "api", model, "--spec", "off"],
+        "igllama": igllama,
+        **longer,
+        "igllama spec off": [*igllama, "--spec", "off"],
         "llama-server": [ref, "-m", model, "--jinja", "--no-webui", "--kv-unified"],
         "llama-server ngram-mod": [ref, "-m", model, "--jinja", "--no-webui", "--kv-unified",
                                    "--spec-type", "ngram-mod"],
@@ -112,7 +116,7 @@ def servers(model: str, threads: int, ctx: int, logdir: Path) -> dict[str, Serve
 
 
 def bench_model(label: str, model: str, args: argparse.Namespace, logdir: Path) -> None:
-    running = servers(model, args.threads, args.ctx, logdir)
+    running = servers(model, args, logdir)
     for server in running.values():
         server.start()
     try:
@@ -159,6 +163,8 @@ def main() -> int:
     parser.add_argument("--ctx", type=int, default=8192)
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--draft-max", type=lambda v: [int(n) for n in v.split(",") if n], default=[],
+                        help="also run igllama with these --spec-draft-max values (comma-separated)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-spec-") as logs:
         for label in args.models.split(","):

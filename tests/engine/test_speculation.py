@@ -44,7 +44,7 @@ def test_the_latest_occurrence_wins_and_the_index_follows_new_tokens() -> None:
 def test_a_draft_is_only_made_when_it_pays() -> None:
     copy = list(range(100, 140)) + list(range(100, 130))  # a long copy in progress
     assert len(drafter(copy, draft_max=64).propose(64)) >= 8
-    assert len(drafter(copy).propose(64)) == 6  # the default cap (see SpecConfig.draft_max)
+    assert len(drafter(copy, draft_max=6).propose(64)) == 6  # the cap that keeps batches bit-identical
     assert drafter(copy, DEAR).propose(64) == []
     # In a batch of 8 sequences a draft slows all of them: the same draft must promise more.
     d = drafter(copy, {1: 10.0, 8: 20.0, 16: 40.0, 72: 300.0}, draft_max=64)
@@ -79,12 +79,13 @@ WORKLOADS = {
 
 @pytest.fixture(scope="module", params=["demo", "qwen"])
 def one_thread(request: pytest.FixtureRequest, model_path: str) -> Iterator[Engine]:
-    """One llama.cpp thread: then a lone query's attention is computed as a batched one's
-    (with more, past ~200 tokens of context they differ; README, Determinism), so a reply
+    """One llama.cpp thread and drafts of at most 6 tokens: then a lone query's attention is
+    computed as a batched one's (with more threads, past ~200 tokens of context they differ;
+    from 8 queries on, flash attention takes a tiled path; README, Determinism), so a reply
     must be exactly the same with drafts as without, at any length."""
     path = model_path if request.param == "demo" else str(QWEN_CODER.path())
     engine = Engine(EngineConfig(ModelConfig(path), n_ctx=4096, n_batch=256, n_slots=2, n_threads=1,
-                                 n_threads_batch=1))
+                                 n_threads_batch=1, spec=SpecConfig(draft_max=6)))
     yield engine
     engine.close()
 
