@@ -47,10 +47,15 @@ class ServerConfig:
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
     spec: bool = True  # n-gram speculation, and its tuning:
-    spec_draft_max: int = 64
+    spec_draft_max: int = 64  # as SpecConfig's (this module does not import the engine)
     spec_ngram_min: int = 3
     spec_ngram_max: int = 32
     shutdown_timeout: float = 30.0
+    ssl_cert_file: str | None = None  # both or neither: HTTPS
+    ssl_key_file: str | None = None
+    metrics: bool = False
+    slots: bool = True
+    sse_ping: float = 5.0
     using_demo: bool = False
 
 
@@ -149,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Responses API responses kept in memory for previous_response_id (default 256, 0 none)")
     api.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                      help="on SIGTERM/SIGINT, how long requests in flight may finish (default 30)")
+    api.add_argument("--ssl-cert-file", metavar="FILE",
+                     help="serve HTTPS with this PEM certificate (then any intermediates); needs --ssl-key-file")
+    api.add_argument("--ssl-key-file", metavar="FILE", help="the PEM private key of --ssl-cert-file, unencrypted")
+    api.add_argument("--metrics", action="store_true", help="serve Prometheus metrics on GET /metrics")
+    api.add_argument("--no-slots", action="store_true", help="do not serve GET /slots")
+    api.add_argument("--sse-ping", type=_seconds, default=5.0, metavar="SECONDS",
+                     help="a stream silent this long (queued, prefilling) gets a ': ping' comment (default 5, 0 never)")
     api.add_argument("-v", "--verbose", action="store_true", help="log llama.cpp's own messages too")
     return parser
 
@@ -182,6 +194,8 @@ def parse_config(argv: list[str]) -> ServerConfig:
         fail("--spec-draft-max and --spec-ngram-min must be at least 1, --spec-ngram-max at least --spec-ngram-min")
     if args.responses_store < 0:
         fail(f"--responses-store must be 0 or more, not {args.responses_store}")
+    if (args.ssl_cert_file is None) != (args.ssl_key_file is None):
+        fail("--ssl-cert-file and --ssl-key-file go together: give both to serve HTTPS, or neither")
     if args.chat_template:
         _check_chat_template(args.chat_template)
     return ServerConfig(
@@ -194,7 +208,8 @@ def parse_config(argv: list[str]) -> ServerConfig:
         responses_store=args.responses_store, using_demo=using_demo,
         cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v,
         spec=args.spec == "on", spec_draft_max=args.spec_draft_max, spec_ngram_min=args.spec_ngram_min,
-        spec_ngram_max=args.spec_ngram_max,
+        spec_ngram_max=args.spec_ngram_max, ssl_cert_file=args.ssl_cert_file, ssl_key_file=args.ssl_key_file,
+        metrics=args.metrics, slots=not args.no_slots, sse_ping=args.sse_ping,
     )
 
 

@@ -29,7 +29,7 @@ from igllama.engine import (
     default_threads,
 )
 from igllama.engine.speculation import SpecConfig
-from igllama.http import Limits, ListenError, Server, wait_for_signal
+from igllama.http import Limits, ListenError, Server, TLSError, tls_context, wait_for_signal
 
 log = logging.getLogger("igllama")
 
@@ -63,10 +63,16 @@ def serve(config: ServerConfig) -> int:
 
 async def _serve(config: ServerConfig) -> int:
     model_id = config.alias or Path(config.model).name
-    app = App(AppSettings(model_id, config.max_tokens, config.temp, config.api_key, config.responses_store))
+    app = App(AppSettings(model_id, config.max_tokens, config.temp, config.api_key, config.responses_store,
+                          metrics=config.metrics, slots=config.slots, sse_ping=config.sse_ping))
     try:
-        server = await Server.start(app.router, config.host, config.port, limits=Limits(), error_body=error_body)
-    except ListenError as exc:
+        # A bad certificate or key is refused here, before the model loads.
+        ssl_context = None
+        if config.ssl_cert_file is not None and config.ssl_key_file is not None:
+            ssl_context = tls_context(config.ssl_cert_file, config.ssl_key_file)
+        server = await Server.start(app.router, config.host, config.port, limits=Limits(), error_body=error_body,
+                                    ssl_context=ssl_context)
+    except (TLSError, ListenError) as exc:
         print(f"igllama: error: {exc}", file=sys.stderr)
         return 1
     stop = asyncio.ensure_future(wait_for_signal())
@@ -102,7 +108,7 @@ async def _serve(config: ServerConfig) -> int:
         return 1
     progress.finish()
     app.set_engine(engine)
-    print(f"ready in {time.perf_counter() - started:.1f} s: http://{_url_host(server.host)}:{server.port}/v1", file=sys.stderr)
+    print(f"ready in {time.perf_counter() - started:.1f} s: {_base_url(server)}/v1", file=sys.stderr)
     signum = await stop
     log.info("received %s: draining; requests in flight have %g s to finish (a second signal stops at once)",
              signal.Signals(signum).name, config.shutdown_timeout)
@@ -143,7 +149,7 @@ def _banner(config: ServerConfig, server: Server, model_id: str) -> None:
     threads = config.threads or default_threads()
     threads_batch = config.threads_batch or default_threads()
     lines = [
-        f"igllama {__version__}: OpenAI-compatible API on http://{_url_host(server.host)}:{server.port}",
+        f"igllama {__version__}: OpenAI-compatible API on {_base_url(server)}",
         f"  model    {config.model}" + (" (the bundled demo model)" if config.using_demo else ""),
         f"  id       {model_id}",
         f"  context  {config.ctx_size} tokens shared by {config.parallel} slots, batch {config.batch_size}",
@@ -152,9 +158,16 @@ def _banner(config: ServerConfig, server: Server, model_id: str) -> None:
             f"{'; mlock' if config.mlock else ''}{'; no-think' if config.no_think else ''}"
         ),
     ]
+    if config.ssl_cert_file:
+        lines.append(f"  tls      certificate {config.ssl_cert_file}, key {config.ssl_key_file}")
     if config.api_key:
         lines.append("  api key  required (Authorization: Bearer ...)")
     print("\n".join(lines), file=sys.stderr)
+
+
+def _base_url(server: Server) -> str:
+    """`https://host:port` when serving TLS, `http://host:port` otherwise."""
+    return f"{server.scheme}://{_url_host(server.host)}:{server.port}"
 
 
 def _url_host(host: str) -> str:

@@ -13,12 +13,13 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from igllama.api import anthropic, ollama, openai, utility
+from igllama.api import anthropic, ollama, openai, slots, utility
 from igllama.api.choices import Outcome, Reply, combined, interleave
 from igllama.api.errors import RETRY_AFTER, APIError, from_engine
 from igllama.api.fields import Defaults
+from igllama.api.metrics import Metrics
 from igllama.engine import Engine, EngineError, Finished, GenerationStream
 from igllama.http import EventStream, Request, Response, Router
 
@@ -38,6 +39,9 @@ class AppSettings:
     temperature: float = 0.7
     api_key: str | None = None
     responses_store: int = 256  # stored Responses API responses kept for previous_response_id
+    metrics: bool = False  # GET /metrics (Prometheus)
+    slots: bool = True  # GET /slots
+    sse_ping: float = 5.0  # seconds without a frame after which an SSE stream gets a `: ping` comment; 0 never
 
 
 class App:
@@ -52,12 +56,14 @@ class App:
         self.draining = False
         self.created = int(time.time())
         self.defaults = Defaults(settings.max_tokens, settings.temperature)
+        self.metrics = Metrics()
         self.router = Router()
         self.router.add("GET", "/health", self.health)
         openai.routes(self)
         anthropic.routes(self)
         ollama.routes(self)
         utility.routes(self)
+        slots.routes(self)
 
     def set_engine(self, engine: Engine) -> None:
         self.defaults = Defaults(self.settings.max_tokens, self.settings.temperature, engine.model.n_vocab)
@@ -147,27 +153,38 @@ class App:
 
     def add(self, method: str, path: str, handler: AsyncHandler,
             errors: Callable[[APIError], Response] = APIError.response) -> None:
-        """Serve `handler` behind the API key, its errors written by `errors` (the dialect's shape)."""
-        self.router.add(method, path, self._guarded(handler, errors))
+        """Serve `handler` behind the API key, its errors written by `errors` (the dialect's shape);
+        each answer is counted in the metrics under `path`."""
+        self.router.add(method, path, self._guarded(path, handler, errors))
 
-    def _guarded(self, handler: AsyncHandler, errors: Callable[[APIError], Response]) -> AsyncHandler:
+    def _guarded(self, path: str, handler: AsyncHandler, errors: Callable[[APIError], Response]) -> AsyncHandler:
         """API-key check (`Authorization: Bearer`, or Anthropic's `x-api-key`) and errors in shape."""
         key = self.settings.api_key.encode() if self.settings.api_key else None
+        count = self.metrics.count_request
+        ping = self.settings.sse_ping
 
         async def guarded(request: Request) -> Response | EventStream:
             if key is not None:
                 given = (request.headers.get("authorization") or "").encode()
                 if not (hmac.compare_digest(given, b"Bearer " + key)
                         or hmac.compare_digest((request.headers.get("x-api-key") or "").encode(), key)):
+                    count(path, 401)
                     return errors(APIError(
                         401, "a valid API key is required: send Authorization: Bearer <key>", code="invalid_api_key"
                     ))
             try:
-                return await handler(request)
+                result = await handler(request)
             except APIError as exc:
                 if exc.status != 503 or self.engine is not None:  # not the load-time polling
                     access_log.info("%s %s %d %s", request.method, request.path, exc.status, exc.message)
+                count(path, exc.status)
                 return errors(exc)
+            if isinstance(result, EventStream):
+                count(path, 200)
+                # Proxies with idle timeouts cut a stream that is silent while it waits or prefills.
+                return replace(result, keepalive=ping) if ping and not result.keepalive else result
+            count(path, result.status)
+            return result
 
         return guarded
 
@@ -177,6 +194,7 @@ class App:
             what = "client went away" if status == 499 else "failed"
             access_log.info("%s %s %d %s, %.0f ms", request.method, request.path, status, what, elapsed_ms)
             return
+        self.metrics.observe_reply(done, elapsed_ms / 1000.0)
         drafts = f" drafted={done.drafted} accepted={done.accepted}" if done.drafted else ""
         access_log.info(
             "%s %s %d prompt=%d cached=%d completion=%d%s %.1f tok/s %.0f ms",

@@ -16,7 +16,8 @@ from igllama.engine.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 from igllama.engine.model import ModelConfig, ModelLoadError
 from igllama.engine.runner import default_threads
 from igllama.engine.sampling import SamplingParams
-from igllama.engine.sequence import CompletionRequest, Finished, TextDelta
+from igllama.engine.sequence import CompletionRequest, Finished, Progress, TextDelta
+from igllama.engine.stats import EngineStats, SlotStats
 from igllama.engine.stream import GenerationStream
 from igllama.engine.template import ChatMessage, TemplateError
 from igllama.engine.tool_calls import CallDelta, ToolCall
@@ -34,6 +35,7 @@ __all__ = [
     "EngineConfig",
     "EngineError",
     "EngineFailure",
+    "EngineStats",
     "EngineUnavailable",
     "ExtraFile",
     "Finished",
@@ -42,10 +44,12 @@ __all__ = [
     "ModelConfig",
     "ModelLoadError",
     "NoFimError",
+    "Progress",
     "PromptTooLongError",
     "SamplingParams",
     "SchemaError",
     "ShuttingDown",
+    "SlotStats",
     "TemplateError",
     "TextDelta",
     "TokenLogprob",

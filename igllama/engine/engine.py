@@ -33,6 +33,7 @@ from igllama.engine.sampling import Sampler, SamplingParams
 from igllama.engine.scheduler import Scheduler
 from igllama.engine.sequence import CompletionRequest, Finished, Sequence, TextDelta
 from igllama.engine.speculation import DecodeCosts, Drafter, SpecConfig
+from igllama.engine.stats import EngineStats, snapshot
 from igllama.engine.stream import GenerationStream, Watchdog
 from igllama.engine.template import TemplateError, load_template
 from igllama.engine.text import THINK_OPEN, ReasoningSplitter, TextPipeline
@@ -117,6 +118,9 @@ class Engine:
         self.costs = DecodeCosts() if config.spec.enabled else None
         self.worker.costs = self.costs
         self._inbox = self.worker.inbox
+        # The engine as of its latest step, published by the engine thread (see `stats`).
+        self.stats = snapshot(self.scheduler, 0)  # (the engine thread has not started)
+        self.worker.publish = self._published
         self._ids = itertools.count()
         # Event-loop side: the open streams, which the watchdog looks over.
         self._streams: set[GenerationStream] = set()
@@ -129,6 +133,9 @@ class Engine:
     def steps(self) -> int:
         """Decodes run so far (tests and stats)."""
         return self.worker.steps
+
+    def _published(self, stats: EngineStats) -> None:
+        self.stats = stats
 
     @property
     def n_in_flight(self) -> int:
@@ -190,6 +197,7 @@ class Engine:
                     request.logprobs,
                     leader=sequences[0] if sequences and request.cache_prompt else None,
                     drafter=Drafter(self.config.spec, self.costs, prompt) if self.costs and request.speculate else None,
+                    report_progress=request.return_progress,
                 ))
         except Exception:
             for seq in sequences:

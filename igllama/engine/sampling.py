@@ -69,11 +69,12 @@ class Sampler:
     vocabulary through the grammar to choose again.
     """
 
-    __slots__ = ("_candidates", "_chain", "_grammar", "_ids", "_n_vocab", "_one", "_one_view", "_view")
+    __slots__ = ("_candidates", "_chain", "_grammar", "_ids", "_n_vocab", "_one", "_one_view", "_view", "params")
 
     def __init__(
         self, params: SamplingParams, n_vocab: int, prompt: Sequence[int] = (), vocab: llama.llama_vocab_p | None = None
     ) -> None:
+        self.params = params
         self._n_vocab = n_vocab
         self._chain = None
         self._grammar = None

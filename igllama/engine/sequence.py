@@ -50,6 +50,7 @@ class CompletionRequest:
     prompt: tuple[int, ...] = ()
     # Let the engine speculate (n-gram drafts) when it pays; off, the reply is the same, only slower.
     speculate: bool = True
+    return_progress: bool = False  # `Progress` events while the prompt is prefilled (llama-server's)
 
     @property
     def offered_tools(self) -> tuple[ToolSpec, ...]:
@@ -65,6 +66,17 @@ class TextDelta:
     logprobs: tuple[TokenLogprob, ...] = ()
     reasoning: str = ""  # new text of the reasoning block, kept apart from the answer
     calls: tuple[CallDelta, ...] = ()  # pieces of tool calls as they stream
+    progress: Progress | None = None  # the prompt's prefill so far (asked with `return_progress`)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a prompt's prefill has come, after one of its chunks."""
+
+    total: int  # prompt tokens
+    cached: int  # reused from the prefix cache
+    processed: int  # in the KV cache now, cached ones included
+    elapsed_ms: float  # since the request got its slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +93,18 @@ class Finished:
     stop_string: str = ""  # the stop string that ended the reply, if one did
     drafted: int = 0  # tokens speculation proposed
     accepted: int = 0  # of those, the ones the model's own sampling confirmed
+    queued_ms: float = 0.0  # waiting for a slot, before the prefill
+
+    @property
+    def first_token_seconds(self) -> float:
+        """From submission to the first token: the queue, then the prefill."""
+        return (self.queued_ms + self.prefill_ms) / 1000.0
+
+    @property
+    def seconds_per_output_token(self) -> float | None:
+        """The mean time between generated tokens, None with fewer than two."""
+        n = self.completion_tokens - 1
+        return self.generation_ms / 1000.0 / n if n > 0 else None
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -120,6 +144,7 @@ class Sequence:
         "next_token",
         "pending_logprobs",
         "prompt",
+        "report_progress",
         "reuse_cache",
         "sampler",
         "sink",
@@ -143,8 +168,10 @@ class Sequence:
         n_logprobs: int | None = None,
         leader: Sequence | None = None,
         drafter: Drafter | None = None,
+        report_progress: bool = False,
     ) -> None:
         self.id = seq_id
+        self.report_progress = report_progress  # a `Progress` event after each prefill chunk
         # Another choice of the same request (n > 1): this one waits until the
         # leader's prompt is in the KV cache, then shares its cells.
         self.leader = leader
@@ -177,6 +204,9 @@ class Sequence:
     def prompt_remaining(self) -> int:
         return len(self.prompt) - self.n_fed
 
+    def progress(self, now: float) -> Progress:
+        return Progress(len(self.prompt), self.n_cached, self.n_fed, (now - self.t_admitted) * 1000.0)
+
     def finished_event(self, finish_reason: str, now: float) -> Finished:
         first = self.t_first_token or now
         calls = tuple(self.text.tool_calls)
@@ -189,6 +219,7 @@ class Sequence:
             prompt_tokens=len(self.prompt),
             cached_tokens=self.n_cached,
             completion_tokens=self.n_generated,
+            queued_ms=(self.t_admitted - self.t_submitted) * 1000.0 if self.t_admitted else 0.0,
             prefill_ms=(first - self.t_admitted) * 1000.0 if self.t_admitted else 0.0,
             generation_ms=(now - first) * 1000.0,
         )

@@ -30,11 +30,15 @@ from igllama.engine.runner import DecodeError, Runner
 from igllama.engine.scheduler import BatchItem, Scheduler
 from igllama.engine.sequence import Sequence, Status, TextDelta
 from igllama.engine.speculation import DecodeCosts
+from igllama.engine.stats import EngineStats, snapshot
 from igllama.engine.tool_calls import CallDelta
 
 log = logging.getLogger("igllama.engine")
 
 Sink = Callable[[Any], None]
+
+# A step with no events still publishes the engine's stats this often (a long prefill).
+_STATS_SECONDS = 0.25
 
 
 class Worker:
@@ -56,6 +60,9 @@ class Worker:
         self._outbox: list[tuple[Sink, Any]] = []
         self._embed_jobs: list[EmbeddingJob] = []
         self.costs: DecodeCosts | None = None  # measured at start when speculation is on
+        # Where each flush's stats snapshot goes, on the event loop (None: not wanted).
+        self.publish: Callable[[EngineStats], None] | None = None
+        self._published = 0.0
 
     def run(self) -> None:
         try:
@@ -199,11 +206,14 @@ class Worker:
             self._recover(items, exc)
             return
         self.steps += 1
-        for item in items:
-            item.sequence.slot.tokens.extend(item.tokens)
-            if item.sequence.status is Status.PREFILLING:
-                item.sequence.n_fed += len(item.tokens)
         now = time.perf_counter()
+        for item in items:
+            seq = item.sequence
+            seq.slot.tokens.extend(item.tokens)
+            if seq.status is Status.PREFILLING:
+                seq.n_fed += len(item.tokens)
+                if seq.report_progress:
+                    self._outbox.append((seq.sink, TextDelta("", progress=seq.progress(now))))
         for item, index in outputs:
             seq = item.sequence
             try:
@@ -372,9 +382,16 @@ class Worker:
                 self._fail(seq, EngineFailure("the engine lost track of this request"), discard=True)
 
     def _flush(self) -> None:
-        if not self._outbox or self.loop is None:
+        """Hand the events so far to the event loop, with a snapshot of the engine's stats."""
+        if self.loop is None:
+            return
+        publish = self.publish
+        if not self._outbox and (publish is None or time.monotonic() - self._published < _STATS_SECONDS):
             return
         batch, self._outbox = self._outbox, []
+        if publish is not None:
+            batch.append((publish, snapshot(self.scheduler, self.steps)))
+            self._published = time.monotonic()
         try:
             self.loop.call_soon_threadsafe(_deliver, batch)
         except RuntimeError:  # the event loop is closed: nobody is listening

@@ -3,7 +3,7 @@
 A sans-IO parser (``parser``) turns bytes into requests; one asyncio
 protocol per connection (``protocol``) dispatches them through a ``Router``
 to handlers returning a ``Response`` or an ``EventStream``; ``Server``
-listens and stops gracefully.
+listens (over TLS with a ``tls_context``) and stops gracefully.
 """
 
 from .errors import HTTPError, ListenError, ParseError, default_error_body
@@ -12,6 +12,7 @@ from .message import Headers, Request
 from .response import NDJSON, SSE, EventStream, Response
 from .router import Handler, Router
 from .server import Server, run_until_signal, serve, wait_for_signal
+from .tls import TLSError, tls_context
 
 __all__ = [
     "NDJSON",
@@ -27,8 +28,10 @@ __all__ = [
     "Response",
     "Router",
     "Server",
+    "TLSError",
     "default_error_body",
     "run_until_signal",
     "serve",
+    "tls_context",
     "wait_for_signal",
 ]

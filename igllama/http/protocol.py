@@ -26,6 +26,8 @@ from .response import (
     KEEP_ALIVE_1_0,
     KEEP_OPEN,
     LAST_CHUNK,
+    PING,
+    SSE,
     EventStream,
     Response,
     encode_event,
@@ -33,7 +35,7 @@ from .response import (
     encode_stream_head,
 )
 from .router import Result, Router
-from .timeouts import BODY, HEAD, IDLE, Clock, Watchdog
+from .timeouts import BODY, HEAD, IDLE, Clock, Keepalive, Watchdog
 
 logger = logging.getLogger("igllama.http")
 
@@ -45,7 +47,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     __slots__ = (  # noqa: RUF023 - grouped by lifetime, as in __init__
         "_router", "_limits", "_error_body", "_connections", "_loop",
-        "_transport", "_parser", "_flow", "_watchdog", "_closing", "_lost", "_stopping",
+        "_transport", "_parser", "_flow", "_clock", "_watchdog", "_closing", "_lost", "_stopping",
         "_reading_paused", "_closed_waiter",
         "_task",
     )
@@ -74,9 +76,8 @@ class HTTPProtocol(asyncio.Protocol):
         # Owned by this connection.
         self._parser = RequestParser(limits.max_head_bytes, limits.max_body_bytes)
         self._flow = FlowControl()
-        self._watchdog = Watchdog(
-            clock if clock is not None else cast(Clock, self._loop), self._on_timeout
-        )
+        self._clock = clock if clock is not None else cast(Clock, self._loop)
+        self._watchdog = Watchdog(self._clock, self._on_timeout)
         self._closing = False
         self._lost = False
         self._stopping = False
@@ -258,6 +259,16 @@ class HTTPProtocol(asyncio.Protocol):
         # before any event can still be an ordinary error response.
         head: bytes | None = encode_stream_head(stream, chunked, connection)
         failure: Response | None = None
+
+        def ping() -> None:
+            nonlocal head
+            frame = encode_event(PING, chunked, framed=False)
+            if head is not None:
+                frame, head = head + frame, None
+            self._write(frame)
+
+        keepalive = Keepalive(self._clock, stream.keepalive, ping) \
+            if stream.keepalive > 0 and stream.content_type == SSE else None
         try:
             async for payload in events:
                 frame = encode_event(payload, chunked, framed)
@@ -265,6 +276,8 @@ class HTTPProtocol(asyncio.Protocol):
                     frame = head + frame
                     head = None
                 self._write(frame)
+                if keepalive is not None:
+                    keepalive.touch()
                 if flow.must_wait:
                     await flow.drain()
         except ConnectionLost:
@@ -282,6 +295,8 @@ class HTTPProtocol(asyncio.Protocol):
                 return
             failure = self._internal_error()
         finally:
+            if keepalive is not None:
+                keepalive.stop()
             await _close_iterator(events)
         if failure is not None:
             self._finish_task(self._send(failure, request))

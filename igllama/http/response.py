@@ -157,6 +157,11 @@ class EventStream:
     # with named events the caller writes itself) sends payloads as they are.
     content_type: bytes = SSE
     framed: bool = True
+    # SSE only: after this many seconds without a frame the server sends a
+    # `: ping` comment (which clients ignore), so that a proxy's idle timeout
+    # does not cut a stream that waits in a queue or prefills a long prompt.
+    # The status line goes out with the first ping. 0: never.
+    keepalive: float = 0.0
 
     def __post_init__(self) -> None:
         if self.headers:
@@ -184,6 +189,10 @@ def encode_stream_head(stream: EventStream, chunked: bool, connection: bytes) ->
         parts += (name, b": ", value, b"\r\n")
     parts += (connection, b"\r\n")
     return b"".join(parts)
+
+
+# An SSE comment line (WHATWG HTML §9.2.6: a line starting with a colon is ignored).
+PING = b": ping\n\n"
 
 
 def encode_event(payload: bytes, chunked: bool, framed: bool = True) -> bytes:

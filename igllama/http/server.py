@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 
@@ -15,6 +16,7 @@ from .errors import ListenError, default_error_body
 from .limits import Limits
 from .protocol import ErrorBody, HTTPProtocol
 from .router import Router
+from .tls import tls_arguments
 
 logger = logging.getLogger("igllama.http")
 
@@ -35,9 +37,11 @@ class Server:
     """
 
     def __init__(self, host: str, port: int, listeners: Sequence[asyncio.AbstractServer],
-                 connections: set[HTTPProtocol]) -> None:
+                 connections: set[HTTPProtocol], *, scheme: str = "http") -> None:
         self.host = host
         self.port = port
+        self.scheme = scheme
+        """``"https"`` when the server speaks TLS, ``"http"`` otherwise: the scheme of its URLs."""
         self._listeners = listeners
         self._connections = connections
 
@@ -50,13 +54,15 @@ class Server:
         *,
         limits: Limits = DEFAULT_LIMITS,
         error_body: ErrorBody = default_error_body,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> Server:
         """Bind ``host:port`` (port 0 picks a free one) and start accepting connections.
 
         ``host`` may be an IPv4 or IPv6 address or a name such as
         ``localhost``, in which case every address it resolves to is bound,
         all on the same port. Raises ``ListenError`` with a one-line message
-        when it cannot listen.
+        when it cannot listen. With ``ssl_context`` (see ``tls_context``)
+        every connection starts with a TLS handshake: the server speaks HTTPS.
         """
         loop = asyncio.get_running_loop()
         connections: set[HTTPProtocol] = set()
@@ -64,12 +70,13 @@ class Server:
         def make_protocol() -> HTTPProtocol:
             return HTTPProtocol(router, limits, error_body, connections)
 
+        tls = tls_arguments(loop, ssl_context, limits)
         sockets = await _bind(loop, host, port)
         listeners = []
         try:
             for sock in sockets:
                 listeners.append(
-                    await loop.create_server(make_protocol, sock=sock, backlog=_BACKLOG)
+                    await loop.create_server(make_protocol, sock=sock, backlog=_BACKLOG, **tls)
                 )
         except BaseException:
             for listener in listeners:
@@ -78,7 +85,8 @@ class Server:
                 sock.close()
             raise
         bound_port = sockets[0].getsockname()[1]
-        return cls(host, bound_port, listeners, connections)
+        return cls(host, bound_port, listeners, connections,
+                   scheme="http" if ssl_context is None else "https")
 
     @property
     def connection_count(self) -> int:
@@ -228,18 +236,20 @@ def serve(
     limits: Limits = DEFAULT_LIMITS,
     error_body: ErrorBody = default_error_body,
     on_started: Callable[[Server], None] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
     """Run a server on uvloop until SIGINT/SIGTERM; return the process exit code.
 
     A socket that cannot be bound is reported on stderr in one line and
     gives 1; a signal gives a graceful stop within ``limits.shutdown_grace``
-    and 0.
+    and 0. With ``ssl_context`` the server speaks HTTPS.
     """
     import uvloop
 
     async def main() -> int:
         try:
-            server = await Server.start(router, host, port, limits=limits, error_body=error_body)
+            server = await Server.start(router, host, port, limits=limits, error_body=error_body,
+                                        ssl_context=ssl_context)
         except ListenError as exc:
             print(f"igllama: {exc}", file=sys.stderr)
             return 1

@@ -79,3 +79,35 @@ class Watchdog:
             self._due = deadline
         else:
             self._on_expired(self.phase)
+
+
+class Keepalive:
+    """Calls ``send()`` whenever ``interval`` seconds pass without a ``touch()``
+    (an event stream's pings); one timer, re-armed for the time left."""
+
+    __slots__ = ("_clock", "_interval", "_last", "_send", "_timer")
+
+    def __init__(self, clock: Clock, interval: float, send: Callable[[], None]) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._send = send
+        self._last = clock.time()
+        self._timer: Cancellable | None = clock.call_later(interval, self._fire)
+
+    def touch(self) -> None:
+        """Something was sent: the next ping is due ``interval`` from now."""
+        self._last = self._clock.time()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        now = self._clock.time()
+        due = self._last + self._interval
+        if now >= due - _SLACK:
+            self._send()
+            self._last = now
+            due = now + self._interval
+        self._timer = self._clock.call_later(due - now, self._fire)

@@ -176,13 +176,14 @@ def user(text: str, max_tokens: int = 8, **fields: Any) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}], "max_tokens": max_tokens, **fields}
 
 
-SSE_BODY = re.compile(rb"(?:data: [^\n]+\n\n)+")
+SSE_BODY = re.compile(rb"(?:(?:data: [^\n]+|: ping)\n\n)+")
 
 
 def sse_payloads(body: bytes) -> list[bytes]:
-    """The payloads of an SSE body, checking that it is nothing but `data: <payload>\\n\\n` frames."""
+    """The payloads of an SSE body, checking that it is nothing but `data: <payload>\\n\\n` frames
+    (and the `: ping` comments a stream gets when it is silent for --sse-ping seconds)."""
     assert SSE_BODY.fullmatch(body), f"not a sequence of 'data: ...\\n\\n' frames: {body[:300]!r}"
-    return [frame[len(b"data: "):] for frame in body.split(b"\n\n")[:-1]]
+    return [frame[len(b"data: "):] for frame in body.split(b"\n\n")[:-1] if frame != b": ping"]
 
 
 def sse_chunks(body: bytes) -> list[dict[str, Any]]:

@@ -554,3 +554,69 @@ async def test_shutdown_lets_the_response_in_flight_finish(router: Router) -> No
     assert statuses(raw) == [200] and raw.endswith(b"done") and b"Connection: close" in raw
     assert conn.transport.closed
     await conn.protocol.wait_closed()
+
+
+class Gated:
+    """A stream whose frames come when the test releases them."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def events(self) -> AsyncIterator[bytes]:
+        while (payload := await self.queue.get()) is not None:
+            yield payload
+
+
+def gated_router(router: Router, gated: Gated, keepalive: float, content_type: bytes = b"text/event-stream") -> Router:
+    async def stream(request: Request) -> EventStream:
+        return EventStream(gated.events(), keepalive=keepalive, content_type=content_type,
+                           framed=content_type == b"text/event-stream")
+
+    router.add("POST", "/stream", stream)
+    return router
+
+
+async def test_a_silent_stream_gets_ping_comments_and_its_head_at_the_first(router: Router) -> None:
+    gated = Gated()
+    conn = Connection(gated_router(router, gated, keepalive=5.0))
+    conn.send(STREAM)
+    await run_loop(5)
+    assert conn.transport.take() == b""  # nothing yet: an error could still be a plain response
+    conn.clock.advance(5.1)
+    raw = conn.transport.take()
+    assert raw.startswith(b"HTTP/1.1 200 ") and raw.endswith(b"8\r\n: ping\n\n\r\n")
+    conn.clock.advance(5.0)
+    assert conn.transport.take() == b"8\r\n: ping\n\n\r\n"
+    gated.queue.put_nowait(b'{"token":1}')
+    await run_loop(5)
+    assert conn.transport.take().count(b"data: ") == 1
+    conn.clock.advance(4.0)  # a frame went out: the next ping is due 5 s after it
+    assert conn.transport.take() == b""
+    gated.queue.put_nowait(None)
+    await run_loop(5)
+    assert conn.transport.take().endswith(b"0\r\n\r\n")
+    conn.clock.advance(30.0)
+    assert b"ping" not in conn.transport.take()  # the timer stopped with the stream
+
+
+async def test_a_busy_stream_sends_no_pings(router: Router) -> None:
+    gated = Gated()
+    conn = Connection(gated_router(router, gated, keepalive=5.0))
+    conn.send(STREAM)
+    for i in range(10):
+        gated.queue.put_nowait(b'{"token":%d}' % i)
+        await run_loop(3)
+        conn.clock.advance(1.0)
+    assert b"ping" not in conn.transport.take()
+
+
+async def test_ndjson_streams_get_no_pings(router: Router) -> None:
+    # A comment line is not JSON: an Ollama client would choke on it.
+    gated = Gated()
+    conn = Connection(gated_router(router, gated, keepalive=5.0, content_type=b"application/x-ndjson"))
+    conn.send(STREAM)
+    await run_loop(5)
+    conn.clock.advance(20.0)
+    assert conn.transport.take() == b""
+    gated.queue.put_nowait(None)
+    await run_loop(5)

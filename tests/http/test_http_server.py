@@ -239,13 +239,16 @@ async def test_client_vanishing_mid_stream_stops_the_generator(server: Server, a
 
 
 async def test_each_event_is_sent_before_the_next_exists(server: Server, app: App) -> None:
-    reader, writer = await connect(server)
+    await assert_lockstep(*await connect(server), app)
+
+
+async def assert_lockstep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app: App) -> None:
+    """GET /lockstep: each frame must arrive while the generator waits for the test to ask for the next."""
     writer.write(b"GET /lockstep HTTP/1.1\r\nHost: t\r\n\r\n")
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
-    assert b"Transfer-Encoding: chunked" in head
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Transfer-Encoding: chunked" in head
     for i in range(3):
-        # The generator is blocked until we ask for more: had the server held
-        # the frame back, this read would time out.
+        # Had the server (or TLS) held the frame back, this read would time out.
         frame = await asyncio.wait_for(reader.readuntil(b"\n\n\r\n"), TIMEOUT)
         assert frame == b"9\r\ndata: %d\n\n\r\n" % i
         app.proceed.put_nowait(None)

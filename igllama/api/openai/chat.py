@@ -73,6 +73,8 @@ async def _chunks(streams: list[GenerationStream], call: ChatCall, model: str, o
     async for i, event in interleave(streams):
         chunks = writers[i]
         if isinstance(event, TextDelta):
+            if event.progress is not None:
+                yield chunks.progress(event.progress)
             if event.reasoning:
                 yield chunks.reasoning(event.reasoning)
             if event.text or event.logprobs:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from igllama.engine import EmbeddingResult, Finished, TokenLogprob
+from igllama.engine import EmbeddingResult, Finished, Progress, TokenLogprob
 
 
 def completion_id() -> str:
@@ -127,17 +127,21 @@ class ChunkWriter:
         return self._head + b'{},"logprobs":null,"finish_reason":' + orjson.dumps(done.finish_reason) + b"}]}"
 
     def usage(self, done: Finished) -> bytes:
-        return orjson.dumps(
-            {
-                "id": self._id,
-                "object": "chat.completion.chunk",
-                "created": self._created,
-                "model": self._model,
-                "choices": [],
-                "usage": usage(done),
-                "timings": timings(done),
-            }
-        )
+        return self._without_choices({"usage": usage(done), "timings": timings(done)})
+
+    def progress(self, progress: Progress) -> bytes:
+        """llama-server's `return_progress` chunk: how far the prompt's prefill has come."""
+        return self._without_choices({"prompt_progress": prompt_progress(progress)})
+
+    def _without_choices(self, fields: dict[str, Any]) -> bytes:
+        return orjson.dumps({"id": self._id, "object": "chat.completion.chunk", "created": self._created,
+                             "model": self._model, "choices": [], **fields})
+
+
+def prompt_progress(progress: Progress) -> dict[str, Any]:
+    """llama-server's `prompt_progress`: prompt tokens in all, reused from the cache, in the KV cache now."""
+    return {"total": progress.total, "cache": progress.cached, "processed": progress.processed,
+            "time_ms": round(progress.elapsed_ms, 3)}
 
 
 def embeddings(result: EmbeddingResult, model: str, as_base64: bool) -> bytes:

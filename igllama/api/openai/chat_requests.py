@@ -68,6 +68,7 @@ def parse_chat(data: dict[str, Any], defaults: Defaults) -> ChatCall:
         tool_choice=tool_choice,
         grammar=parse_output_format(data),
         split_reasoning=_reasoning_format(data.get("reasoning_format")),
+        return_progress=boolean(data, "return_progress", False) and stream,
     )
     parallel = boolean(data, "parallel_tool_calls", True)
     return ChatCall(request, stream, include_usage and stream, model_name(data), parallel, n)

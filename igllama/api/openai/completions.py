@@ -91,6 +91,7 @@ def parse_completion(data: dict[str, Any], app: App) -> TextCall:
         cache_prompt=boolean(data, "cache_prompt", True),
         logprobs=logprobs,
         split_reasoning=False,
+        return_progress=boolean(data, "return_progress", False) and stream,
     )
     return TextCall(
         prompts, suffix, request, integer(data, "n", 1, 1, MAX_CHOICES), echo, stream,
@@ -204,6 +205,9 @@ async def _chunks(streams: list[GenerationStream], echoes: list[str], call: Text
             yield orjson.dumps(_completion(cid, created, model, [_choice(i, echo, None, None)], None))
     async for i, event in interleave(streams):
         if isinstance(event, TextDelta):
+            if event.progress is not None:
+                yield orjson.dumps({**_completion(cid, created, model, [], None),
+                                    "prompt_progress": responses.prompt_progress(event.progress)})
             if event.text or event.logprobs:
                 logprobs = _legacy_logprobs(event.logprobs, offsets[i]) if call.request.logprobs is not None else None
                 offsets[i] += len(event.text)

@@ -1,0 +1,145 @@
+"""Prometheus metrics: counters and histograms kept on the event loop, gauges
+from the engine's latest stats snapshot, written in the text exposition
+format 0.0.4 (https://prometheus.io/docs/instrumenting/exposition_formats/).
+
+Everything here runs on the event loop: requests are counted as their
+handlers answer, replies observed as they end (`observe_reply`), and the
+engine's state is read only from the `EngineStats` the engine thread
+published, never from the engine itself.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import Counter
+
+from igllama.engine import EngineStats, Finished
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+# Bucket bounds in seconds, for a CPU server whose replies take seconds.
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
+
+
+class Histogram:
+    """Cumulative buckets, a sum and a count, as Prometheus histograms are exposed."""
+
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf only)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.total += value
+
+    def lines(self, name: str) -> list[str]:
+        out, cumulative = [], 0
+        for bound, n in zip(self.bounds, self.counts):
+            cumulative += n
+            out.append(f'{name}_bucket{{le="{_number(bound)}"}} {cumulative}')
+        out.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
+        out.append(f"{name}_sum {_number(self.total)}")
+        out.append(f"{name}_count {self.count}")
+        return out
+
+
+class Metrics:
+    """The server's counters and histograms, and their exposition with the engine's gauges."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, int]] = Counter()  # (route, status) -> requests answered
+        self.prompt_tokens = 0
+        self.cached_prompt_tokens = 0
+        self.generated_tokens = 0
+        self.drafted_tokens = 0
+        self.accepted_tokens = 0
+        self.first_token = Histogram(_LATENCY_BUCKETS)
+        self.per_output_token = Histogram(_TOKEN_BUCKETS)
+        self.queue_wait = Histogram(_LATENCY_BUCKETS)
+        self.duration = Histogram(_LATENCY_BUCKETS)
+
+    def count_request(self, route: str, status: int) -> None:
+        self.requests[route, status] += 1
+
+    def observe_reply(self, done: Finished, seconds: float) -> None:
+        """A completion ended (all its choices): its tokens and timings."""
+        self.prompt_tokens += done.prompt_tokens
+        self.cached_prompt_tokens += done.cached_tokens
+        self.generated_tokens += done.completion_tokens
+        self.drafted_tokens += done.drafted
+        self.accepted_tokens += done.accepted
+        self.first_token.observe(done.first_token_seconds)
+        self.queue_wait.observe(done.queued_ms / 1000.0)
+        per_token = done.seconds_per_output_token
+        if per_token is not None:
+            self.per_output_token.observe(per_token)
+        self.duration.observe(seconds)
+
+    def exposition(self, stats: EngineStats | None) -> bytes:
+        """Every metric in the text format; the engine's gauges only once it is loaded."""
+        out: list[str] = []
+
+        def metric(name: str, kind: str, help_text: str, lines: list[str]) -> None:
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+            out.extend(lines)
+
+        def counter(name: str, help_text: str, value: float) -> None:
+            metric(name, "counter", help_text, [f"{name} {_number(value)}"])
+
+        def gauge(name: str, help_text: str, value: float) -> None:
+            metric(name, "gauge", help_text, [f"{name} {_number(value)}"])
+
+        metric("igllama_requests_total", "counter", "HTTP requests answered, by route and status.", [
+            f'igllama_requests_total{{endpoint="{_label(route)}",status="{status}"}} {n}'
+            for (route, status), n in sorted(self.requests.items())
+        ])
+        counter("igllama_prompt_tokens_total", "Prompt tokens of completed requests.", self.prompt_tokens)
+        counter("igllama_prompt_tokens_cached_total", "Prompt tokens reused from the prefix cache.",
+                self.cached_prompt_tokens)
+        counter("igllama_generated_tokens_total", "Tokens generated.", self.generated_tokens)
+        counter("igllama_draft_tokens_total", "Tokens drafted by speculation.", self.drafted_tokens)
+        counter("igllama_draft_tokens_accepted_total", "Drafted tokens the model's own sampling confirmed.",
+                self.accepted_tokens)
+        metric("igllama_time_to_first_token_seconds", "histogram",
+               "From submission to the first token (queue wait and prefill).",
+               self.first_token.lines("igllama_time_to_first_token_seconds"))
+        metric("igllama_time_per_output_token_seconds", "histogram",
+               "Mean time between generated tokens, per request.",
+               self.per_output_token.lines("igllama_time_per_output_token_seconds"))
+        metric("igllama_queue_wait_seconds", "histogram", "Time a request waited for a slot.",
+               self.queue_wait.lines("igllama_queue_wait_seconds"))
+        metric("igllama_request_duration_seconds", "histogram",
+               "Completion requests, from arrival to the reply's end.",
+               self.duration.lines("igllama_request_duration_seconds"))
+        if stats is not None:
+            counter("igllama_decode_steps_total", "llama_decode calls (one batch each).", stats.decode_steps)
+            gauge("igllama_requests_running", "Requests holding a slot (prefilling or generating).", stats.running)
+            gauge("igllama_requests_queued", "Requests waiting for a slot.", stats.queued)
+            gauge("igllama_slots_busy", "Slots serving a request.", stats.busy_slots)
+            gauge("igllama_slots_total", "Slots (--parallel).", len(stats.slots))
+            gauge("igllama_kv_cells_used", "KV cache cells holding a token.", stats.kv_cells_used)
+            gauge("igllama_kv_cells_total", "KV cache cells (--ctx-size).", stats.kv_cells_total)
+            gauge("igllama_prompt_cache_bytes", "Idle slots' KV states kept in host RAM (--cache-ram).",
+                  stats.prompt_cache_bytes)
+        return ("\n".join(out) + "\n").encode()
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _label(value: str) -> str:
+    """A label value with backslash, quote and newline escaped (the format's rules)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
