@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import bench_png
 from bench import Server, free_port
 from reference_server import reference_server_path
 
@@ -115,12 +116,14 @@ def servers(model: str, args: argparse.Namespace, logdir: Path) -> dict[str, Ser
     return made
 
 
-def bench_model(label: str, model: str, args: argparse.Namespace, logdir: Path) -> None:
+def bench_model(label: str, model: str, args: argparse.Namespace, logdir: Path) -> list[bench_png.Row]:
+    """Print the model's table; return its chart rows (igllama against llama-server's default)."""
     running = servers(model, args, logdir)
-    for server in running.values():
-        server.start()
     try:
+        # One at a time: igllama times its decodes when it starts, which the
+        # others' loading (llama-server repacks its weights) would disturb.
         for server in running.values():
+            server.start()
             server.wait_ready(300)
         speeds: dict[tuple[str, str], list[float]] = {}
         replies: dict[tuple[str, str], set[str]] = {}
@@ -146,11 +149,18 @@ def bench_model(label: str, model: str, args: argparse.Namespace, logdir: Path) 
         same = replies["code edit", "igllama"] == replies["code edit", "igllama spec off"] and \
             all(replies[w, "igllama"] == replies[w, "igllama spec off"] for w in WORKLOADS)
         print(f"igllama's replies with speculation on equal those with it off: {'yes' if same else 'NO'}")
+        rows = []
+        for workload in WORKLOADS:
+            ours, theirs = (statistics.median(speeds[workload, name]) for name in ("igllama", "llama-server"))
+            best = max(statistics.median(speeds[workload, name]) for name in running if "ngram" in name)
+            rows.append(bench_png.Row(f"{label}: {workload}", ours, theirs, f"{ours:.1f}", f"{theirs:.1f}",
+                                      f"x{ours / theirs:.2f} (n-gram x{best / theirs:.2f})", ours >= theirs))
         for clients in (4, 8):
             on = [aggregate(running["igllama"].port, clients, args.tokens // 2) for _ in range(args.rounds)]
             off_ = [aggregate(running["igllama spec off"].port, clients, args.tokens // 2) for _ in range(args.rounds)]
             print(f"aggregate {clients} clients: spec on {statistics.median(on):6.1f} tok/s, "
                   f"off {statistics.median(off_):6.1f} tok/s, ratio {statistics.median(on) / statistics.median(off_):.3f}")
+        return rows
     finally:
         for server in running.values():
             server.stop()
@@ -163,9 +173,12 @@ def main() -> int:
     parser.add_argument("--ctx", type=int, default=8192)
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--png", default=str(HERE.parent / "docs" / "bench-spec.png"),
+                        help="the chart (default docs/bench-spec.png; '' for none)")
     parser.add_argument("--draft-max", type=lambda v: [int(n) for n in v.split(",") if n], default=[],
                         help="also run igllama with these --spec-draft-max values (comma-separated)")
     args = parser.parse_args()
+    rows: list[bench_png.Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-spec-") as logs:
         for label in args.models.split(","):
             if label == "qwen":
@@ -178,7 +191,11 @@ def main() -> int:
                 model = str(assemble())
             else:
                 model = label
-            bench_model(label, model, args, Path(logs))
+            rows += bench_model(label, model, args, Path(logs))
+    if args.png:
+        title = f"Decode speed, greedy {args.tokens} tokens, {args.threads} threads: igllama (speculation on) vs llama-server"
+        footer = ["RATIO: igllama / llama-server default; in brackets its best n-gram mode (ngram-mod, ngram-simple)"]
+        print(f"chart: {bench_png.write_bar_chart(args.png, rows, title, ('igllama', 'llama-server'), footer)}")
     return 0
 
 

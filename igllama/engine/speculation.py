@@ -27,8 +27,16 @@ from dataclasses import dataclass
 
 # Draft lengths tried (the continuation found may be shorter).
 _LENGTHS = (1, 2, 3, 4, 6, 8, 16, 32, 64)
+# Decode sizes timed at start: one token, and one token plus each draft length.
+MEASURED_SIZES = (1, *(1 + k for k in _LENGTHS))
+# How far one decode's observed time moves its size's cost.
+_LEARNING = 0.1
 # A draft must promise this much more throughput than no draft at all.
 _MIN_GAIN = 1.15
+# How much a sequence's record of acceptance still counts, per token written since (half after ~23).
+_DECAY_PER_TOKEN = 0.97
+# Trials at the prior rate added to a sequence's own record of acceptance.
+_PRIOR_TRIALS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,21 +62,31 @@ class DecodeCosts:
     def __init__(self, points: dict[int, float] | None = None) -> None:
         self.set(points or {1: 1.0, 64: 64.0})  # as if a batch saved nothing: no draft pays
 
-    def measure(self, decode: Callable[[int], None], sizes: tuple[int, ...] = (1, 2, 4, 7, 16)) -> None:
-        """Time `decode(n)` (n tokens of one sequence, logits at each) for each size, after a warm-up.
-        Runs on the engine thread, at start: the llama.cpp thread team must stay that thread's."""
+    def measure(self, decode: Callable[[int], None], sizes: tuple[int, ...] = MEASURED_SIZES) -> None:
+        """Time `decode(n)` (n tokens of one sequence, logits at each) for each size, after a warm-up;
+        the faster of two passes, since a busy neighbour only ever adds time. Runs on the engine
+        thread, at start: the llama.cpp thread team must stay that thread's."""
         decode(1)
         points: dict[int, float] = {}
-        for n in sizes:
-            start = time.perf_counter()
-            decode(n)
-            points[n] = (time.perf_counter() - start) * 1000.0
+        for _ in range(2):
+            for n in sizes:
+                start = time.perf_counter()
+                decode(n)
+                ms = (time.perf_counter() - start) * 1000.0
+                points[n] = min(ms, points.get(n, ms))
         self.set(points)
 
     def set(self, points: dict[int, float]) -> None:
         """Use these costs (ms by decode size): measured ones, or assumed (tests, benchmarks)."""
         self._sizes = sorted(points)
         self._ms = [points[n] for n in self._sizes]
+
+    def observe(self, n: int, ms: float) -> None:
+        """A decode of `n` tokens (logits at each) took `ms`: move that size's cost towards it.
+        The timings at start can be off (another process busy for that second); serving corrects them."""
+        i = bisect.bisect_left(self._sizes, n)
+        if i < len(self._sizes) and self._sizes[i] == n:
+            self._ms[i] += _LEARNING * (ms - self._ms[i])
 
     def ms(self, n: int) -> float:
         """The cost of n tokens, interpolated between measured sizes (linear beyond the last)."""
@@ -87,7 +105,8 @@ class DecodeCosts:
 class Drafter:
     """One sequence's history, indexed by its n-grams, and how well its drafts have done."""
 
-    __slots__ = ("_index", "_indexed", "acceptance", "config", "costs", "tokens")
+    __slots__ = ("_accepted", "_copying", "_index", "_indexed", "_rejected", "_seen_at", "config", "costs",
+                 "tokens")
 
     def __init__(self, config: SpecConfig, costs: DecodeCosts, tokens: list[int]) -> None:
         self.config = config
@@ -95,7 +114,12 @@ class Drafter:
         self.tokens = list(tokens)  # the prompt and every token generated (the last one not yet decoded)
         self._index: dict[tuple[int, ...], int] = {}  # an ngram_min-gram -> where it last ended
         self._indexed = 0  # end positions indexed so far: 1 .. _indexed
-        self.acceptance: float | None = None  # this sequence's per-token acceptance, once it has drafted
+        # Drafted tokens accepted, and drafts cut short by a rejection, recent ones weighing most;
+        # apart for drafts made inside a long match (a copy in progress) and the others.
+        self._accepted = [0.0, 0.0]
+        self._rejected = [0.0, 0.0]
+        self._copying = False  # whether the draft being verified was made inside a long match
+        self._seen_at = len(self.tokens)  # the history's length when the record was last decayed
 
     def append(self, token: int) -> None:
         self.tokens.append(token)
@@ -116,20 +140,44 @@ class Drafter:
         return continuation[:k]
 
     def record(self, drafted: int, accepted: int) -> None:
-        """Learn from a verified draft (the estimate of a geometric run's success rate)."""
+        """Learn from a verified draft: `accepted` successes, and a failure if it was cut short."""
         if not drafted:
             return
-        observed = accepted / (accepted + 1) if accepted < drafted else drafted / (drafted + 0.5)
-        self.acceptance = observed if self.acceptance is None else 0.6 * self.acceptance + 0.4 * observed
+        self._decay()
+        i = self._copying
+        self._accepted[i] += accepted
+        self._rejected[i] += accepted < drafted
+
+    def _decay(self) -> None:
+        """Fade the record with every token written since: what the text does now says most, and a
+        sequence whose drafts stopped paying tries again once their failures have faded."""
+        n = len(self.tokens)
+        if n != self._seen_at:
+            f = _DECAY_PER_TOKEN ** (n - self._seen_at)
+            self._accepted = [x * f for x in self._accepted]
+            self._rejected = [x * f for x in self._rejected]
+            self._seen_at = n
+
+    def acceptance(self, copying: bool, prior: float) -> float:
+        """The chance that a drafted token is accepted, given that the one before it was.
+
+        Acceptance is a run of successes ended by a failure (or by the draft's
+        end, which says nothing about the token after it), so the estimate is
+        successes / trials, with the failures that happened and two trials at
+        the `prior` rate added: three accepted of three inside a long match
+        (prior 0.9) is 0.96, not 1. Averaging each draft's accepted/(accepted+1)
+        instead pinned a sequence that kept drafting 3 tokens at 0.86, which
+        then kept choosing drafts of 3 in a file it was copying whole.
+        """
+        self._decay()
+        accepted, rejected = self._accepted[copying], self._rejected[copying]
+        return (accepted + _PRIOR_TRIALS * prior) / (accepted + rejected + _PRIOR_TRIALS)
 
     def _best_length(self, matched: int, available: int, batch_tokens: int) -> int:
         """The draft length with the best expected throughput gain, 0 if none gains enough."""
-        prior = _prior(matched, self.config)
-        # A sequence's own record says most, but a match as long as they come is a copy in progress.
-        if self.acceptance is None:
-            p = prior
-        else:
-            p = max(prior, self.acceptance) if matched >= self.config.ngram_max else self.acceptance
+        # A sequence's own record says most: that of its drafts made in a match as long as this one.
+        self._copying = matched >= self.config.ngram_max // 2
+        p = self.acceptance(self._copying, _prior(matched, self.config))
         base = self.costs.ms(batch_tokens)
         best, best_gain = 0, _MIN_GAIN
         for k in _LENGTHS:
@@ -164,4 +212,4 @@ class Drafter:
 
 def _prior(matched: int, config: SpecConfig) -> float:
     """Acceptance to expect before a sequence has drafted: a longer match, a likelier copy."""
-    return min(0.95, 0.4 + 0.5 * matched / config.ngram_max)
+    return min(0.95, 0.6 + 0.35 * matched / config.ngram_max)

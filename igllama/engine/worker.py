@@ -29,7 +29,7 @@ from igllama.engine.model import Model
 from igllama.engine.runner import DecodeError, Runner
 from igllama.engine.scheduler import BatchItem, Scheduler
 from igllama.engine.sequence import Sequence, Status, TextDelta
-from igllama.engine.speculation import DecodeCosts
+from igllama.engine.speculation import MEASURED_SIZES, DecodeCosts
 from igllama.engine.stats import EngineStats, snapshot
 from igllama.engine.tool_calls import CallDelta
 
@@ -80,7 +80,7 @@ class Worker:
         if self.costs is None:
             return
         room = min(self.runner.n_batch, self.scheduler.n_ctx)
-        sizes = tuple(n for n in (1, 2, 4, 7, 16) if n <= room)
+        sizes = tuple(n for n in MEASURED_SIZES if n <= room)
         try:
             self.costs.measure(self._timed_decode, sizes)
         except Exception:
@@ -200,11 +200,14 @@ class Worker:
         # step's Python work: the loop thread then does its share while the
         # decode runs without the GIL, instead of contending for it here.
         self._flush()
+        started = time.perf_counter()
         try:
             runner.decode()
         except DecodeError as exc:
             self._recover(items, exc)
             return
+        if self.costs is not None and all(item.sequence.status is Status.DECODING for item in items):
+            self.costs.observe(sum(len(item.tokens) for item in items), (time.perf_counter() - started) * 1000.0)
         self.steps += 1
         now = time.perf_counter()
         for item in items:

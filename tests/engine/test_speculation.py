@@ -51,13 +51,39 @@ def test_a_draft_is_only_made_when_it_pays() -> None:
     assert len(d.propose(64, batch_tokens=1)) > len(d.propose(64, batch_tokens=8))
 
 
-def test_a_sequence_that_keeps_missing_stops_drafting() -> None:
+def test_a_sequence_that_keeps_missing_stops_drafting_until_its_misses_fade() -> None:
     history = [7, 1, 2, 3, 4, 9, 9, 9, 1, 2, 3, 4]  # a short match: a guess
     d = drafter(history, {1: 10.0, 2: 11.0, 4: 12.0, 64: 30.0})
     assert d.propose(4)
-    d.record(4, 0)
-    d.record(4, 0)
+    for _ in range(6):
+        d.record(4, 0)
     assert d.propose(4) == []
+    for token in [8] * 150 + [1, 2, 3, 4]:  # the text moves on; the same tail comes back
+        d.append(token)
+    assert d.propose(4)
+
+
+def test_drafts_that_are_always_accepted_grow() -> None:
+    """A copy whose short drafts are all accepted must earn longer ones (the estimate of
+    acceptance must not be pinned by the drafts' own length)."""
+    copy = list(range(100, 300)) + list(range(100, 140))
+    d = drafter(copy, {1: 20.0, 4: 50.0, 8: 100.0, 16: 130.0, 64: 400.0}, draft_max=64)
+    lengths = []
+    for _ in range(6):
+        draft = d.propose(64)
+        lengths.append(len(draft))
+        d.record(len(draft), len(draft))
+        for token in draft + [draft[-1] + 1]:
+            d.append(token)
+    assert lengths[0] >= 1 and lengths[-1] >= 16, lengths
+
+
+def test_costs_follow_what_decodes_take_while_serving() -> None:
+    costs = DecodeCosts({1: 30.0, 4: 40.0})  # the one-token decode timed while something else ran
+    for _ in range(40):
+        costs.observe(1, 15.0)
+    costs.observe(3, 500.0)  # a size that was not timed at start changes nothing
+    assert abs(costs.ms(1) - 15.0) < 0.5 and costs.ms(4) == 40.0
 
 
 def test_costs_interpolate_between_measured_sizes() -> None:
