@@ -18,7 +18,8 @@ import itertools
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,8 +35,8 @@ from igllama.engine.scheduler import Scheduler
 from igllama.engine.sequence import CompletionRequest, Finished, Sequence, TextDelta
 from igllama.engine.speculation import DecodeCosts, Drafter, SpecConfig
 from igllama.engine.stats import EngineStats, snapshot
-from igllama.engine.stream import GenerationStream, Watchdog
-from igllama.engine.template import TemplateError, load_template
+from igllama.engine.stream import ChatStream, GenerationStream, Watchdog
+from igllama.engine.template import ChatMessage, TemplateError, load_template
 from igllama.engine.text import THINK_OPEN, ReasoningSplitter, TextPipeline
 from igllama.engine.tool_calls import OPEN
 from igllama.engine.worker import Worker
@@ -229,6 +230,15 @@ class Engine:
                 yield event
         finally:
             await stream.aclose()
+
+    def chat(
+        self, messages: Iterable[ChatMessage | Mapping[str, str]], *, max_tokens: int = 512,
+        stop: Seq[str] = (), **sampling: Any,
+    ) -> ChatStream:
+        """A chat reply, for use without HTTP: `messages` as `ChatMessage`s or OpenAI-style
+        dicts (`role`, `content`), `sampling` as `SamplingParams` fields (temperature, seed, ...)."""
+        turns = tuple(m if isinstance(m, ChatMessage) else ChatMessage(m["role"], m["content"]) for m in messages)
+        return ChatStream(self.generate(CompletionRequest(turns, max_tokens, SamplingParams(**sampling), tuple(stop))))
 
     def prompt_tokens(self, request: CompletionRequest) -> list[int]:
         """The tokenized prompt for `request`; refuses one that cannot fit."""

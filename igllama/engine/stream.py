@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from igllama.engine.errors import EngineError, EngineFailure, EngineUnavailable
@@ -139,3 +139,31 @@ class Watchdog:
                 stream.last_progress = now
             elif now - stream.last_progress > self.bound:
                 stream.fail(EngineFailure(f"the request made no progress for {self.bound:.0f} s"))
+
+
+class ChatStream:
+    """One chat reply for library callers: `async for delta in stream` yields its `TextDelta`s;
+    then `stream.finished` holds the `Finished` (token counts, timings). Leaving the loop
+    early cancels the request (or call `aclose()`)."""
+
+    def __init__(self, events: AsyncIterator[TextDelta | Finished]) -> None:
+        self._events = events
+        self.finished: Finished | None = None
+
+    def __aiter__(self) -> ChatStream:
+        return self
+
+    async def __anext__(self) -> TextDelta:
+        event = await anext(self._events)
+        if isinstance(event, Finished):
+            self.finished = event
+            await self.aclose()
+            raise StopAsyncIteration
+        return event
+
+    async def text(self) -> str:
+        """The whole reply's text (its reasoning left out)."""
+        return "".join([delta.text async for delta in self])
+
+    async def aclose(self) -> None:
+        await self._events.aclose()  # type: ignore[attr-defined]

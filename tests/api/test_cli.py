@@ -15,7 +15,7 @@ import requests
 
 import igllama.engine.model as engine_model
 from igllama.cli import parse_config
-from igllama.serve import engine_config
+from igllama.library import engine_config
 from tests.api.conftest import (
     ONE_THREAD,
     REPO,
