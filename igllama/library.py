@@ -153,7 +153,7 @@ class Server:
         if http is not None and not await http.drain(timeout) and engine is not None:
             log.warning("shutdown timeout (%g s) reached: ending the requests still running", timeout)
             engine.abort(ShuttingDown(f"the server shut down before this request finished "
-                                      f"(shutdown timeout {timeout:g} s)"))
+                                      f"(--shutdown-timeout {timeout:g} s)"))
             if not await http.drain(_LAST_FRAMES_SECONDS):
                 log.warning("closing %d connection(s) that did not finish", http.connection_count)
         await self.close()
