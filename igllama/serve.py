@@ -80,6 +80,7 @@ def _banner(config: ServerConfig, server: HTTPServer, model_id: str) -> None:
     threads_batch = config.threads_batch or default_threads()
     lines = [
         f"igllama {__version__}: OpenAI-compatible API on {_base_url(server)}",
+        f"  chat     {_base_url(server)}/ in a browser",
         f"  model    {config.model}" + (" (the bundled demo model)" if config.using_demo else ""),
         f"  id       {model_id}",
         f"  context  {config.ctx_size} tokens shared by {config.parallel} slots, batch {config.batch_size}",

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from igllama.api import anthropic, ollama, openai, slots, utility
+from igllama.api import anthropic, ollama, openai, page, slots, utility
 from igllama.api.choices import Outcome, Reply, combined, interleave
 from igllama.api.errors import RETRY_AFTER, APIError, from_engine
 from igllama.api.fields import Defaults
@@ -62,6 +62,7 @@ class App:
         openai.routes(self)
         anthropic.routes(self)
         ollama.routes(self)
+        page.routes(self)
         utility.routes(self)
         slots.routes(self)
 

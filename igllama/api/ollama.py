@@ -1,4 +1,4 @@
-"""Ollama's native API: `/api/chat`, `/api/generate`, the model listings, embeddings, and `/`.
+"""Ollama's native API: `/api/chat`, `/api/generate`, the model listings, embeddings, and `/`'s answer.
 
 Ollama streams by default, one JSON object a line (NDJSON), and ends with an
 object that has `done: true`, the reason and the counts and durations (in
@@ -47,11 +47,12 @@ if TYPE_CHECKING:
 
 # The Ollama release whose API this follows; clients read it to decide what to send.
 OLLAMA_API_VERSION = "0.9.0"
-RUNNING = Response(200, b"Ollama is running", b"text/plain; charset=utf-8")
+# What `GET /` and `HEAD /` answer Ollama's clients (`page.root` routes `/`: browsers get the chat page).
+# Vary: the same URL answers differently by Accept (RFC 9110 §12.5.5).
+RUNNING = Response(200, b"Ollama is running", b"text/plain; charset=utf-8", ((b"Vary", b"Accept"),))
 
 
 def routes(app: App) -> None:
-    app.router.add("GET", "/", lambda request: RUNNING)  # (HEAD / too: the router serves HEAD from GET)
     app.add("POST", "/api/chat", lambda request: chat(app, request), error_response)
     app.add("POST", "/api/generate", lambda request: generate(app, request), error_response)
     app.add("GET", "/api/tags", lambda request: tags(app, request), error_response)
