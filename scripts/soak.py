@@ -223,7 +223,7 @@ def _read_stream(connection: http.client.HTTPConnection, response: http.client.H
         line = response.readline()
         if not line:
             return result(Outcome.BAD_RESPONSE, f"the stream ended without data: [DONE] after {n_frames} frames")
-        if line == b"\n":
+        if line == b"\n" or line == b": ping\n":  # a blank line ends a frame; a comment is a keep-alive
             continue
         if not line.startswith(b"data: ") or not line.endswith(b"\n"):
             return result(Outcome.BAD_RESPONSE, f"not an SSE data line: {line[:200]!r}")
