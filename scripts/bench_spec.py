@@ -16,6 +16,7 @@ off.
     .venv/bin/python scripts/bench_spec.py                      # Qwen2.5-Coder-0.5B-Instruct and the demo model
     .venv/bin/python scripts/bench_spec.py --models demo --rounds 2
     .venv/bin/python scripts/bench_spec.py --models qwen --draft-max 16,32   # also longer drafts
+    .venv/bin/python scripts/bench_spec.py --igllama=--repack                # also repacked weights
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def servers(model: str, args: argparse.Namespace, logdir: Path) -> dict[str, Ser
     common = ["--host", "127.0.0.1", "-c", str(args.ctx), "-t", str(args.threads), "-tb", str(args.threads), "-np", "8"]
     igllama = [sys.executable, "-m", "igllama", "api", model]
     longer = {f"igllama draft-max {n}": [*igllama, "--spec-draft-max", str(n)] for n in args.draft_max}
+    longer.update({f"igllama {flags}": [*igllama, *flags.split()] for flags in args.igllama})
     made = {}
     for name, argv in {
         "igllama": igllama,
@@ -175,6 +177,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--png", default=str(HERE.parent / "docs" / "bench-spec.png"),
                         help="the chart (default docs/bench-spec.png; '' for none)")
+    parser.add_argument("--igllama", action="append", default=[], metavar="FLAGS",
+                        help="also run igllama with these flags (repeatable), e.g. --igllama=--repack")
     parser.add_argument("--draft-max", type=lambda v: [int(n) for n in v.split(",") if n], default=[],
                         help="also run igllama with these --spec-draft-max values (comma-separated)")
     args = parser.parse_args()

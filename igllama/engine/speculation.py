@@ -33,8 +33,10 @@ MEASURED_SIZES = (1, *(1 + k for k in _LENGTHS))
 _LEARNING = 0.1
 # A draft must promise this much more throughput than no draft at all.
 _MIN_GAIN = 1.15
-# How much a sequence's record of acceptance still counts, per token written since (half after ~23).
-_DECAY_PER_TOKEN = 0.97
+# How much a sequence's record of acceptance still counts, per token written since (half after ~69).
+_DECAY_PER_TOKEN = 0.99
+# The longest draft a sequence makes with no accepted tokens behind it; each one accepted adds two.
+_FIRST_DRAFT = 4
 # Trials at the prior rate added to a sequence's own record of acceptance.
 _PRIOR_TRIALS = 2.0
 
@@ -178,6 +180,9 @@ class Drafter:
         # A sequence's own record says most: that of its drafts made in a match as long as this one.
         self._copying = matched >= self.config.ngram_max // 2
         p = self.acceptance(self._copying, _prior(matched, self.config))
+        # Drafts grow as they are accepted: a guess the sequence's recent record does not back
+        # (its first, or one after its failures have faded) stays short, so it costs little.
+        available = min(available, _FIRST_DRAFT + 2 * int(self._accepted[self._copying]))
         base = self.costs.ms(batch_tokens)
         best, best_gain = 0, _MIN_GAIN
         for k in _LENGTHS:

@@ -43,11 +43,17 @@ def test_the_latest_occurrence_wins_and_the_index_follows_new_tokens() -> None:
 
 def test_a_draft_is_only_made_when_it_pays() -> None:
     copy = list(range(100, 140)) + list(range(100, 130))  # a long copy in progress
-    assert len(drafter(copy, draft_max=64).propose(64)) >= 8
-    assert len(drafter(copy, draft_max=6).propose(64)) == 6  # the cap that keeps batches bit-identical
+    first = drafter(copy, draft_max=64)
+    assert 1 <= len(first.propose(64)) <= 4  # a first guess stays short
+    first.record(4, 4)
+    assert len(first.propose(64)) >= 8  # backed by accepted tokens, it grows
+    capped = drafter(copy, draft_max=3)
+    capped.record(3, 3)
+    assert len(capped.propose(64)) == 3  # --spec-draft-max
     assert drafter(copy, DEAR).propose(64) == []
     # In a batch of 8 sequences a draft slows all of them: the same draft must promise more.
     d = drafter(copy, {1: 10.0, 8: 20.0, 16: 40.0, 72: 300.0}, draft_max=64)
+    d.record(8, 8)
     assert len(d.propose(64, batch_tokens=1)) > len(d.propose(64, batch_tokens=8))
 
 
