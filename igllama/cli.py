@@ -32,6 +32,7 @@ class ServerConfig:
     threads: int = 0  # 0: all cores
     threads_batch: int = 0
     mlock: bool = False
+    repack: bool = False
     no_think: bool = False
     temp: float = 0.7
     parallel: int = 4
@@ -125,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("-t", "--threads", type=_positive, default=0, help="generation threads (default all cores)")
     api.add_argument("-tb", "--threads-batch", type=_positive, default=0, help="prefill threads (default all cores)")
     api.add_argument("--mlock", action="store_true", help="pin the model weights in RAM")
+    api.add_argument("--repack", action="store_true",
+                     help="repacked weight layouts: faster long batches (drafts), replies depend on the batch")
     api.add_argument("--no-think", action="store_true", help="suppress <think> reasoning blocks (Qwen3-style models)")
     api.add_argument("--temp", type=_temperature, default=0.7, help="default sampling temperature (default 0.7)")
     api.add_argument("-np", "--parallel", type=_positive, default=4, help="requests generated at once, each in its slot (default 4)")
@@ -201,6 +204,7 @@ def parse_config(argv: list[str]) -> ServerConfig:
     return ServerConfig(
         model=model, host=args.host, port=args.port, ctx_size=args.ctx_size, max_tokens=args.max_tokens,
         gpu_layers=args.gpu_layers, threads=args.threads, threads_batch=args.threads_batch, mlock=args.mlock,
+        repack=args.repack,
         no_think=args.no_think, temp=args.temp, parallel=args.parallel, batch_size=args.batch_size,
         cache_ram=args.cache_ram,
         api_key=args.api_key, alias=args.alias, chat_template=args.chat_template, verbose=args.verbose,

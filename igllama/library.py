@@ -54,7 +54,7 @@ def server_config(model: str | Path, **settings: Any) -> ServerConfig:
 def engine_config(config: ServerConfig) -> EngineConfig:
     """The engine's part of a server's settings."""
     return EngineConfig(
-        model=ModelConfig(config.model, n_gpu_layers=config.gpu_layers, mlock=config.mlock),
+        model=ModelConfig(config.model, n_gpu_layers=config.gpu_layers, mlock=config.mlock, repack=config.repack),
         n_ctx=config.ctx_size,
         n_batch=config.batch_size,
         n_slots=config.parallel,

@@ -174,6 +174,12 @@ def test_flags_reach_the_engine_config(model_path: str) -> None:
     assert engine_model.model_params(config.model).load_mode == engine_model.llama.LLAMA_LOAD_MODE_MMAP_MLOCK
 
 
+@pytest.mark.parametrize(("flags", "repacked"), [([], False), (["--repack"], True)])
+def test_repack_reaches_the_model_params(model_path: str, flags: list[str], repacked: bool) -> None:
+    config = engine_config(parse_config(["api", model_path, *flags]))
+    assert engine_model.model_params(config.model).use_extra_bufts is repacked
+
+
 def test_defaults_are_the_specifications(model_path: str) -> None:
     config = parse_config(["api", model_path])
     assert (config.host, config.port, config.ctx_size, config.max_tokens, config.gpu_layers, config.temp) == (
