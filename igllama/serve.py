@@ -18,7 +18,6 @@ from igllama import __version__
 from igllama.cli import ServerConfig
 from igllama.engine import ModelLoadError, TemplateError, default_threads
 from igllama.http import ListenError, TLSError, wait_for_signal
-from igllama.http import Server as HTTPServer
 from igllama.library import Server
 
 log = logging.getLogger("igllama")
@@ -32,7 +31,7 @@ def serve(config: ServerConfig) -> int:
 async def _serve(config: ServerConfig) -> int:
     running = Server(config)
     try:
-        http = await running.bind()  # a bad certificate or key is refused here, before the model loads
+        await running.bind()  # a bad certificate or key is refused here, before the model loads
     except (TLSError, ListenError, ModelLoadError) as exc:
         print(f"igllama: error: {exc}", file=sys.stderr)
         return 1
@@ -40,7 +39,7 @@ async def _serve(config: ServerConfig) -> int:
     # Let it install its SIGINT/SIGTERM handlers before the banner says we are
     # up: a Ctrl-C in between would otherwise end in a KeyboardInterrupt trace.
     await asyncio.sleep(0)
-    _banner(config, http, running.model_id)
+    _banner(config, running)
     progress = _ProgressBar()
     started = time.perf_counter()
     load = asyncio.ensure_future(running.load(progress.update))
@@ -75,14 +74,14 @@ async def _serve(config: ServerConfig) -> int:
     return 0
 
 
-def _banner(config: ServerConfig, server: HTTPServer, model_id: str) -> None:
+def _banner(config: ServerConfig, server: Server) -> None:
     threads = config.threads or default_threads()
     threads_batch = config.threads_batch or default_threads()
     lines = [
-        f"igllama {__version__}: OpenAI-compatible API on {_base_url(server)}",
-        f"  chat     {_base_url(server)}/ in a browser",
+        f"igllama {__version__}: OpenAI-compatible API on {server.url}",
+        f"  chat     {server.url}/ in a browser",
         f"  model    {config.model}" + (" (the bundled demo model)" if config.using_demo else ""),
-        f"  id       {model_id}",
+        f"  id       {server.model_id}",
         f"  context  {config.ctx_size} tokens shared by {config.parallel} slots, batch {config.batch_size}",
         (
             f"  threads  {threads} generation, {threads_batch} prefill; gpu layers {config.gpu_layers}"
@@ -94,15 +93,6 @@ def _banner(config: ServerConfig, server: HTTPServer, model_id: str) -> None:
     if config.api_key:
         lines.append("  api key  required (Authorization: Bearer ...)")
     print("\n".join(lines), file=sys.stderr)
-
-
-def _base_url(server: HTTPServer) -> str:
-    """`https://host:port` when serving TLS, `http://host:port` otherwise."""
-    return f"{server.scheme}://{_url_host(server.host)}:{server.port}"
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 class _ProgressBar:

@@ -2,8 +2,8 @@
 
 The event loop never reads the scheduler's or a sequence's state (they
 change under it on the engine thread); the worker builds an `EngineStats`
-when it hands a step's events over and the loop keeps the latest one, for
-`/metrics` and `/slots`.
+with a step's events (every 0.25 s while it works, and when it goes idle)
+and the loop keeps the latest one, for `/metrics` and `/slots`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ class EngineStats:
     kv_cells_used: int = 0
     kv_cells_total: int = 0
     prompt_cache_bytes: int = 0  # idle slots' KV states kept in host RAM
-    prompt_cache_entries: int = 0
     slots: tuple[SlotStats, ...] = ()
 
     @property
@@ -86,6 +85,5 @@ def snapshot(scheduler: Scheduler, decode_steps: int) -> EngineStats:
         kv_cells_used=scheduler.cells_used,
         kv_cells_total=scheduler.n_ctx,
         prompt_cache_bytes=scheduler.cache.size,
-        prompt_cache_entries=len(scheduler.cache.entries),
         slots=tuple(slots),
     )
