@@ -129,6 +129,9 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self.worker.run, name="igllama-engine", daemon=True)
         self._thread.start()
+        # Loading ends when the thread has timed its decodes (1-4 s on 2 cores): a request sent
+        # earlier would wait behind them, and so would a shutdown's abort, under a green /health.
+        self.worker.started.wait()
 
     @property
     def steps(self) -> int:
