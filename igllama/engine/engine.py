@@ -1,14 +1,14 @@
-"""The engine: loads the model, starts the engine thread, and serves asyncio callers.
+"""The engine: loads a model, joins the engine thread, and serves asyncio callers.
 
-`Engine` is what the rest of the program holds. Requests are tokenized here,
-on the caller's side, then handed to the engine thread (`worker.Worker`),
-which owns the llama_context; events come back on the event loop, one
-wake-up per step, into each request's `GenerationStream`.
+`Engine` is what the rest of the program holds, one per loaded model.
+Requests are tokenized here, on the caller's side, then handed to the
+model's `worker.Worker` on the engine thread, which owns the llama_context;
+events come back on the event loop, one wake-up per step, into each
+request's `GenerationStream`.
 
-All llama.cpp compute (chat and embeddings) stays on that one thread. The
-OpenMP build keeps a team of worker threads per thread that calls into it;
-with a second team alive on the same cores every barrier sleeps instead of
-spinning, and decoding ran ~60% slower when that happened in a benchmark.
+All llama.cpp compute (chat and embeddings, of every model) stays on one
+engine thread (`thread.EngineThread`): an engine started alone gets its own,
+the engines of a `pool.EnginePool` share the pool's.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from collections.abc import Sequence as Seq
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from igllama.engine.embeddings import Embedder, EmbeddingJob, EmbeddingResult
-from igllama.engine.errors import CapacityError, EngineUnavailable, InputError
+from igllama.engine.errors import CapacityError, EngineError, EngineUnavailable, InputError
 from igllama.engine.grammar import auto_call_grammar, forced_call_grammar
 from igllama.engine.infill import ExtraFile, check_token_ids, infill_prompt
 from igllama.engine.model import Model, ModelConfig, ModelLoadError
@@ -38,6 +37,7 @@ from igllama.engine.stats import EngineStats, snapshot
 from igllama.engine.stream import ChatStream, GenerationStream, Watchdog
 from igllama.engine.template import ChatMessage, TemplateError, load_template
 from igllama.engine.text import THINK_OPEN, ReasoningSplitter, TextPipeline
+from igllama.engine.thread import EngineThread
 from igllama.engine.tool_calls import OPEN
 from igllama.engine.worker import Worker
 
@@ -55,6 +55,12 @@ class PromptTooLongError(InputError):
         )
         self.n_prompt = n_prompt
         self.n_ctx = n_ctx
+
+
+class VocabularyError(InputError):
+    """A token id the model's vocabulary does not have."""
+
+    param = "logit_bias"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +83,16 @@ class EngineConfig:
     # thread that has not come round its loop for this long while it has
     # work, is a failure reported to the clients instead of a hang.
     watchdog_seconds: float = 300.0
-class Engine:
-    """Loads the model, then serves `generate` and `embed` from many coroutines at once."""
 
-    def __init__(self, config: EngineConfig, progress: Callable[[float], None] | None = None) -> None:
+
+class Engine:
+    """Loads the model, then serves `generate` and `embed` from many coroutines at once.
+
+    `thread`: the engine thread to run on, shared with other engines; by default
+    the engine starts its own and stops it on `close`."""
+
+    def __init__(self, config: EngineConfig, progress: Callable[[float], None] | None = None,
+                 thread: EngineThread | None = None) -> None:
         self.config = config
         n_batch = min(config.n_batch, config.n_ctx)
         if config.n_slots > n_batch:
@@ -115,7 +127,9 @@ class Engine:
             PromptCache(config.cache_ram_mib * 1024 * 1024),
         )
         self.embedder = Embedder(self.model, max(self.runner.n_batch, 512), self.n_threads, self.n_threads_batch)
-        self.worker = Worker(self.model, self.runner, self.scheduler, self.embedder)
+        self._own_thread = thread is None
+        self._thread = thread if thread is not None else EngineThread()
+        self.worker = Worker(self.model, self.runner, self.scheduler, self.embedder, self._thread.inbox())
         self.costs = DecodeCosts() if config.spec.enabled else None
         self.worker.costs = self.costs
         self._inbox = self.worker.inbox
@@ -123,15 +137,21 @@ class Engine:
         self.stats = snapshot(self.scheduler, 0)  # (the engine thread has not started)
         self.worker.publish = self._published
         self._ids = itertools.count()
-        # Event-loop side: the open streams, which the watchdog looks over.
+        # Event-loop side: the open streams, which the watchdog looks over; calls
+        # between their start and their stream (or embeddings) being there; when work last ended.
         self._streams: set[GenerationStream] = set()
+        self._starting = 0
+        self.idle_since = time.monotonic()
         self._watchdog = Watchdog(self._streams, self.health, config.watchdog_seconds)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self.worker.run, name="igllama-engine", daemon=True)
-        self._thread.start()
         # Loading ends when the thread has timed its decodes (1-4 s on 2 cores): a request sent
         # earlier would wait behind them, and so would a shutdown's abort, under a green /health.
-        self.worker.started.wait()
+        try:
+            self._thread.attach(self.worker)
+        except Exception:
+            self._stop_own_thread()
+            self._free()
+            raise
 
     @property
     def steps(self) -> int:
@@ -146,13 +166,23 @@ class Engine:
         """Completions submitted and not yet ended, running or queued."""
         return len(self._streams)
 
+    @property
+    def busy(self) -> bool:
+        """Whether any request is using the engine (a pool unloads only an engine that is not)."""
+        return bool(self._streams) or self._starting > 0
+
+    def _ended(self, stream: GenerationStream) -> None:
+        self._streams.discard(stream)
+        if not self.busy:
+            self.idle_since = time.monotonic()
+
     def health(self) -> str | None:
         """What keeps the engine from serving (its thread stopped or stalled), or None."""
         worker = self.worker
         if worker.failure is not None:
             return worker.failure
-        if not self._thread.is_alive():
-            return "the engine thread stopped"
+        if not self._thread.alive or worker.stopped.is_set():
+            return self._thread.failure or "the engine thread stopped"
         busy_since = worker.busy_since
         if busy_since is not None and time.monotonic() - busy_since > self.config.watchdog_seconds:
             return f"the engine has made no progress for {time.monotonic() - busy_since:.0f} s"
@@ -175,6 +205,15 @@ class Engine:
         one's prefill and share its KV cells. Each choice samples on its own;
         with a `seed`, choice i uses seed + i so that they differ reproducibly.
         """
+        self._starting += 1  # (before any await: a pool must not unload the engine meanwhile)
+        try:
+            return await self._start_choices(request, n)
+        finally:
+            self._starting -= 1
+            if not self.busy:
+                self.idle_since = time.monotonic()
+
+    async def _start_choices(self, request: CompletionRequest, n: int) -> list[GenerationStream]:
         loop = self._bind_loop()
         self._check_serving()
         if len(self._streams) + n > self.config.n_slots + self.config.max_queue:
@@ -186,6 +225,10 @@ class Engine:
         else:
             prompt = self.prompt_tokens(request)
         sampling = self._sampling(request)
+        for token, _ in sampling.logit_bias:
+            if not 0 <= token < self.model.n_vocab:
+                raise VocabularyError(
+                    f"logit_bias token id {token} is outside the vocabulary (0..{self.model.n_vocab - 1})")
         sequences: list[Sequence] = []
         try:
             for i in range(n):
@@ -209,7 +252,7 @@ class Engine:
             raise
         streams = []
         for seq in sequences:
-            stream = GenerationStream(self._inbox, self._streams.discard)
+            stream = GenerationStream(self._inbox, self._ended)
             stream.sequence, seq.sink = seq, stream.deliver
             self._streams.add(stream)
             streams.append(stream)
@@ -303,6 +346,15 @@ class Engine:
 
     async def embed(self, inputs: list[str | list[int]]) -> EmbeddingResult:
         """Unit-length embeddings of each input, computed between chat steps."""
+        self._starting += 1  # the whole call: an embedding job has no stream
+        try:
+            return await self._embed(inputs)
+        finally:
+            self._starting -= 1
+            if not self.busy:
+                self.idle_since = time.monotonic()
+
+    async def _embed(self, inputs: list[str | list[int]]) -> EmbeddingResult:
         loop = self._bind_loop()
         self._check_serving()
         tokens = self.embedder.tokenize(inputs)
@@ -327,12 +379,21 @@ class Engine:
         """End every request in flight with `error` (the end of a shutdown's drain)."""
         self._inbox.put(("abort", error))
 
-    def close(self) -> None:
-        """Stop the engine thread (requests still in flight fail) and free llama.cpp's memory."""
+    def close(self, reason: EngineError | None = None) -> None:
+        """Leave the engine thread (requests still in flight fail with `reason`, by default
+        that the server stopped), stop it if it is the engine's own, and free llama.cpp's memory."""
         self._watchdog.stop()
-        if self._thread.is_alive():
-            self._inbox.put(("stop", None))
-            self._thread.join()
+        if self._thread.alive and not self.worker.stopped.is_set():
+            self._inbox.put(("stop", reason))
+            self._thread.wait_detached(self.worker)
+        self._stop_own_thread()
+        self._free()
+
+    def _stop_own_thread(self) -> None:
+        if self._own_thread:
+            self._thread.stop()
+
+    def _free(self) -> None:
         self.embedder.close()
         self.runner.close()
         self.model.close()

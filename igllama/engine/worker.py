@@ -1,4 +1,4 @@
-"""The engine thread: the only code that touches the llama_context.
+"""One model's work on the engine thread (`engine.thread`), the only code that touches its llama_context.
 
 Each step, as in nano-vllm: the scheduler picks the work, one `llama_decode`
 runs one batch (the next token of every generating sequence plus prefill
@@ -46,12 +46,14 @@ _STATS_SECONDS = 0.25
 class Worker:
     """Runs on the engine thread: takes commands, steps the scheduler, hands out events."""
 
-    def __init__(self, model: Model, runner: Runner, scheduler: Scheduler, embedder: Embedder) -> None:
+    def __init__(self, model: Model, runner: Runner, scheduler: Scheduler, embedder: Embedder,
+                 inbox: queue.SimpleQueue[tuple[str, Any]] | None = None) -> None:
         self.model = model
         self.runner = runner
         self.scheduler = scheduler
         self.embedder = embedder
-        self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        # Commands from the event loop (an `engine.thread.Inbox`, which wakes the thread that runs this).
+        self.inbox: queue.SimpleQueue[tuple[str, Any]] = inbox if inbox is not None else queue.SimpleQueue()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.steps = 0  # decodes run so far; read by tests and stats
         # Read by the event loop (single attribute reads): why the thread
@@ -65,22 +67,33 @@ class Worker:
         # Where each flush's stats snapshot goes, on the event loop (None: not wanted).
         self.publish: Callable[[EngineStats], None] | None = None
         self._published = 0.0
-        # Set once the thread's start-up work (timing decodes) is done and it takes commands.
+        # Set once the start-up work (timing decodes) is done and it takes commands,
+        # and once it has left the engine thread (after a "stop" command).
         self.started = threading.Event()
+        self.stopped = threading.Event()
 
-    def run(self) -> None:
+    def start(self) -> None:
+        """Start-up work on the engine thread, before the first command."""
         try:
-            try:
-                self._measure_costs()
-            finally:
-                self.started.set()
-            self._serve()
-        except BaseException as exc:  # the last line of defence: say so, fail everyone
-            self.failure = f"the engine thread stopped: {type(exc).__name__}: {exc}"
-            log.critical("%s; every request now fails with 503 until the server is restarted", self.failure,
-                         exc_info=True)
-            self._fail_all(EngineUnavailable(self.failure))
-            self._flush()
+            self._measure_costs()
+        finally:
+            self.started.set()
+
+    def crash(self, failure: str) -> None:
+        """The engine thread is stopping on an unexpected error: every request here fails."""
+        self.failure = failure
+        self._fail_all(EngineUnavailable(failure))
+        self._flush()
+
+    def run_stop(self) -> None:
+        """The engine thread stops: every request still here fails."""
+        self._fail_all(EngineUnavailable("the server stopped"))
+        self._flush()
+
+    @property
+    def has_work(self) -> bool:
+        """Requests or commands to attend to (read on the engine thread)."""
+        return self.scheduler.has_work or bool(self._embed_jobs) or not self.inbox.empty()
 
     def _measure_costs(self) -> None:
         """Time decodes of a few sizes for speculation's sums; without them nothing is drafted."""
@@ -103,10 +116,6 @@ class Worker:
             runner.decode()
         finally:
             runner.remove(seq_id, 0)
-
-    def _serve(self) -> None:
-        while self.run_once():
-            pass
 
     def run_once(self, block: bool = True) -> bool:
         """Apply the queued commands (waiting for one when idle and `block`),
@@ -132,6 +141,8 @@ class Worker:
         self._audit()
         if not self.scheduler.running:
             self._flush()  # otherwise the next step flushes just before its decode
+        if not (self.scheduler.has_work or self._embed_jobs):
+            self.busy_since = None
         return True
 
     # -- commands
@@ -143,8 +154,8 @@ class Worker:
         except queue.Empty:
             return True
         while True:
-            if command == "stop":
-                self._fail_all(EngineUnavailable("the server stopped"))
+            if command == "stop":  # payload: the error requests still here end with, or None
+                self._fail_all(payload or EngineUnavailable("the server stopped"))
                 self._flush()
                 return False
             try:

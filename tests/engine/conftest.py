@@ -15,6 +15,7 @@ from igllama.engine import (
     TextDelta,
 )
 from igllama.engine.model import Model
+from igllama.engine.speculation import SpecConfig
 
 GREEDY = SamplingParams(temperature=0.0)
 # Greedy with Gemma 3's end-of-generation tokens (<eos>, <end_of_turn>, </s>)
@@ -27,7 +28,11 @@ NEVER_STOP = SamplingParams(
 
 @pytest.fixture(scope="module")
 def engine(model_path: str) -> Iterator[Engine]:
-    engine = Engine(EngineConfig(ModelConfig(model_path), n_ctx=2048, n_batch=256, n_slots=4))
+    # Drafts of at most 6 tokens: how much is drafted depends on decode timings (a busy
+    # machine drafts differently), and only drafts that short keep a greedy reply exact
+    # on two threads (see tests/engine/test_speculation.py and the README).
+    engine = Engine(EngineConfig(ModelConfig(model_path), n_ctx=2048, n_batch=256, n_slots=4,
+                                 spec=SpecConfig(draft_max=6)))
     yield engine
     engine.close()
 
