@@ -58,6 +58,10 @@ class ServerConfig:
     slots: bool = True
     sse_ping: float = 5.0
     using_demo: bool = False
+    models: tuple[str, ...] = ()  # model files beyond `model` (repeated -m); `model` is "" with only a models_dir
+    models_dir: str | None = None
+    models_max: int = 0  # models loaded at once, at most; 0: no limit
+    models_idle_unload: float = 0.0  # seconds idle before a model is unloaded; 0: never
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,7 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Serve the OpenAI API (chat completions, embeddings) for a GGUF model.")
     api.add_argument("--help", action="help", help="show this help and exit")
     api.add_argument("model_arg", nargs="?", metavar="MODEL", help="path to a GGUF model (or use --model)")
-    api.add_argument("-m", "--model", help="path to a GGUF model")
+    api.add_argument("-m", "--model", action="append", help="path to a GGUF model; repeat to serve several")
+    api.add_argument("--models-dir", metavar="DIR",
+                     help="serve every GGUF model in DIR and its subfolders (names, settings: DIR/models.toml)")
+    api.add_argument("--models-max", type=_int, default=0, metavar="N",
+                     help="most models loaded at once (default 0, no limit)")
+    api.add_argument("--models-idle-unload", type=_seconds, default=0.0, metavar="SECONDS",
+                     help="unload a model idle this long (default 0, never)")
     api.add_argument("-h", "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     api.add_argument("-p", "--port", type=_port, default=8080, help="port (default 8080)")
     api.add_argument("-c", "--ctx-size", type=_positive, default=4096, help="context window in tokens (default 4096)")
@@ -172,19 +182,22 @@ def parse_config(argv: list[str]) -> ServerConfig:
     args = build_parser().parse_args(argv)
     if args.command != "api":
         fail("give a command: igllama api MODEL [flags] (see igllama --help)")
-    if args.model_arg and args.model and args.model_arg != args.model:
-        fail(f"two models given: {args.model_arg} and --model {args.model}")
-    model = args.model_arg or args.model
+    model_files = _model_files([args.model_arg, *(args.model or [])])
     using_demo = False
-    if not model:
-        model = demo_model_path()
+    if not model_files and args.models_dir is None:
+        model_files = [demo_model_path()]
         using_demo = True
     from igllama.engine.model import ModelLoadError, check_gguf_file
 
-    try:
-        check_gguf_file(model)
-    except ModelLoadError as exc:
-        fail(str(exc))
+    for model_file in model_files:
+        try:
+            check_gguf_file(model_file)
+        except ModelLoadError as exc:
+            fail(str(exc))
+    if args.alias is not None and (len(model_files) > 1 or args.models_dir is not None):
+        fail("--alias names one model; with several, name them in DIR/models.toml")
+    if args.models_max < 0:
+        fail(f"--models-max must be 0 (no limit) or more, not {args.models_max}")
     if args.gpu_layers < -1:
         fail(f"--gpu-layers must be -1 (all) or more, not {args.gpu_layers}")
     if args.parallel > args.batch_size:
@@ -201,8 +214,10 @@ def parse_config(argv: list[str]) -> ServerConfig:
         fail("--ssl-cert-file and --ssl-key-file go together: give both to serve HTTPS, or neither")
     if args.chat_template:
         _check_chat_template(args.chat_template)
-    return ServerConfig(
-        model=model, host=args.host, port=args.port, ctx_size=args.ctx_size, max_tokens=args.max_tokens,
+    config = ServerConfig(
+        model=model_files[0] if model_files else "", models=tuple(model_files[1:]), models_dir=args.models_dir,
+        models_max=args.models_max, models_idle_unload=args.models_idle_unload,
+        host=args.host, port=args.port, ctx_size=args.ctx_size, max_tokens=args.max_tokens,
         gpu_layers=args.gpu_layers, threads=args.threads, threads_batch=args.threads_batch, mlock=args.mlock,
         repack=args.repack,
         no_think=args.no_think, temp=args.temp, parallel=args.parallel, batch_size=args.batch_size,
@@ -215,6 +230,25 @@ def parse_config(argv: list[str]) -> ServerConfig:
         spec_ngram_max=args.spec_ngram_max, ssl_cert_file=args.ssl_cert_file, ssl_key_file=args.ssl_key_file,
         metrics=args.metrics, slots=not args.no_slots, sse_ping=args.sse_ping,
     )
+    from igllama.catalog import CatalogError, scan
+
+    try:
+        scan(config)  # a bad --models-dir or models.toml stops here, before the port is bound
+    except CatalogError as exc:
+        fail(str(exc))
+    return config
+
+
+def _model_files(paths: list[str | None]) -> list[str]:
+    """The model files given (MODEL, then each -m) in order, each once: a path
+    given twice, however spelled, is one model."""
+    seen: set[Path] = set()
+    files = []
+    for path in paths:
+        if path and Path(path).resolve() not in seen:
+            seen.add(Path(path).resolve())
+            files.append(path)
+    return files
 
 
 def _check_chat_template(name: str) -> None:

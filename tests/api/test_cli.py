@@ -26,6 +26,7 @@ from tests.api.conftest import (
     start_process,
     user,
 )
+from tests.models import SMOLLM2
 
 ERROR = "igllama: error: "
 
@@ -34,6 +35,12 @@ def assert_one_error_line(stderr: str, *words: str) -> None:
     assert stderr.count("\n") == 1 and stderr.startswith(ERROR) and stderr.endswith("\n"), stderr
     for word in words:
         assert word in stderr, stderr
+
+
+@pytest.fixture(scope="module")
+def smollm_path() -> str:
+    """A second real GGUF file, beside the demo model."""
+    return str(SMOLLM2.path())
 
 
 # -- help
@@ -107,10 +114,9 @@ def test_a_directory_is_not_a_model(tmp_path: Path) -> None:
     assert_one_error_line(result.stderr, "not a file", str(tmp_path))
 
 
-def test_two_different_models(model_path: str, tmp_path: Path) -> None:
-    result = run_cli("api", model_path, "-m", str(tmp_path / "other.gguf"))
-    assert result.returncode == 2
-    assert_one_error_line(result.stderr, "two models given")
+def test_two_different_models_are_both_served(model_path: str, smollm_path: str) -> None:
+    config = parse_config(["api", model_path, "-m", smollm_path])
+    assert (config.model, config.models, config.using_demo) == (model_path, (smollm_path,), False)
 
 
 @pytest.mark.parametrize("argv", [[], ["serve"]], ids=["no-command", "unknown-command"])
@@ -236,3 +242,115 @@ def test_a_signal_right_after_the_banner_stops_cleanly(model_path: str, tmp_path
             process.wait()
     assert status == 0, log_path.read_text()
     assert "Traceback" not in log_path.read_text()
+
+
+# -- several models: repeated -m, --models-dir, and the limits on loading them
+
+
+def refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The stderr of a parse_config that must refuse `argv` with exit 2 (in process: no server)."""
+    with pytest.raises(SystemExit) as exited:
+        parse_config(["api", *argv])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return captured.err
+
+
+def fake_models(folder: Path, *names: str) -> Path:
+    """A models directory of fake .gguf files (the catalog lists them without opening them)."""
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"GGUF")
+    return folder
+
+
+def test_help_lists_the_model_catalog_flags() -> None:
+    result = run_cli("api", "--help")
+    assert result.returncode == 0
+    for flag in ("--models-dir", "--models-max", "--models-idle-unload"):
+        assert flag in result.stdout
+
+
+def test_repeated_models_keep_their_order_and_each_path_once(model_path: str, smollm_path: str) -> None:
+    config = parse_config(["api", "-m", smollm_path, "-m", model_path, "-m", smollm_path, model_path])
+    assert (config.model, config.models) == (model_path, (smollm_path,))  # MODEL first, then each -m
+    other_spelling = f"{Path(model_path).parent}/./{Path(model_path).name}"
+    spelled_twice = parse_config(["api", model_path, "-m", other_spelling])
+    assert (spelled_twice.model, spelled_twice.models) == (model_path, ())
+
+
+@pytest.mark.parametrize("position", [0, 1, 2], ids=["MODEL", "first -m", "second -m"])
+@pytest.mark.parametrize("kind", ["missing", "not GGUF"])
+def test_every_model_file_is_checked(model_path: str, smollm_path: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str], position: int, kind: str) -> None:
+    bad = tmp_path / "bad.gguf"
+    if kind == "not GGUF":
+        bad.write_text("<html>not a model</html>")
+    files = [model_path, smollm_path]
+    files.insert(position, str(bad))
+    stderr = refusal([files[0], "-m", files[1], "-m", files[2]], capsys)
+    assert_one_error_line(stderr, str(bad), "model file not found" if kind == "missing" else "not a GGUF file")
+
+
+def test_a_models_dir_alone_serves_its_models_without_the_demo(tmp_path: Path) -> None:
+    folder = fake_models(tmp_path / "models", "a.gguf", "b.gguf")
+    config = parse_config(["api", "--models-dir", str(folder)])
+    assert (config.model, config.models, config.models_dir, config.using_demo) == ("", (), str(folder), False)
+
+
+def test_a_models_dir_with_a_model_file(model_path: str, tmp_path: Path) -> None:
+    folder = fake_models(tmp_path / "models", "a.gguf")
+    config = parse_config(["api", "-m", model_path, "--models-dir", str(folder)])
+    assert (config.model, config.models, config.models_dir) == (model_path, (), str(folder))
+
+
+def test_one_model_keeps_the_single_model_defaults(model_path: str) -> None:
+    config = parse_config(["api", model_path, "--alias", "mine"])
+    assert (config.models, config.models_dir, config.models_max, config.models_idle_unload) == ((), None, 0, 0.0)
+    assert config.alias == "mine"
+
+
+def test_models_max_and_idle_unload_values(tmp_path: Path) -> None:
+    folder = fake_models(tmp_path / "models", "a.gguf")
+    config = parse_config(["api", "--models-dir", str(folder), "--models-max", "2", "--models-idle-unload", "300"])
+    assert (config.models_max, config.models_idle_unload) == (2, 300.0)
+
+
+BAD_CATALOG_FLAGS: list[tuple[list[str], list[str]]] = [
+    (["--models-max", "-1"], ["--models-max must be 0 (no limit) or more, not -1"]),
+    (["--models-max", "two"], ["--models-max", "not a whole number: 'two'"]),
+    (["--models-idle-unload", "-5"], ["--models-idle-unload", "between 0 and 86400 seconds"]),
+    (["--models-idle-unload", "soon"], ["--models-idle-unload", "not a number of seconds"]),
+    (["--models-dir"], ["--models-dir", "expected one argument"]),
+]
+
+
+@pytest.mark.parametrize(("flags", "words"), BAD_CATALOG_FLAGS, ids=[" ".join(f) for f, _ in BAD_CATALOG_FLAGS])
+def test_a_bad_catalog_flag_is_one_line_and_exit_2(model_path: str, capsys: pytest.CaptureFixture[str],
+                                                   flags: list[str], words: list[str]) -> None:
+    assert_one_error_line(refusal([model_path, *flags], capsys), *words)
+
+
+def test_alias_with_several_models_is_refused(model_path: str, smollm_path: str, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    folder = fake_models(tmp_path / "models", "a.gguf")
+    for argv in ([model_path, "-m", smollm_path, "--alias", "x"], ["--models-dir", str(folder), "-a", "x"]):
+        stderr = refusal(argv, capsys)
+        assert_one_error_line(stderr, "--alias names one model; with several, name them in DIR/models.toml")
+
+
+def test_a_bad_models_dir_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert_one_error_line(refusal(["--models-dir", str(tmp_path / "nope")], capsys),
+                          f"--models-dir {tmp_path / 'nope'}: not found")
+    assert_one_error_line(refusal(["--models-dir", str(tmp_path)], capsys), f"no .gguf files in {tmp_path}")
+    folder = fake_models(tmp_path / "models", "a.gguf")
+    (folder / "models.toml").write_text('["a.gguf"]\nctx_size = 0\n')
+    assert_one_error_line(refusal(["--models-dir", str(folder)], capsys),
+                          f'{folder / "models.toml"} ["a.gguf"]: ctx_size must be a whole number of at least 1')
+
+
+def test_a_bad_models_dir_from_the_command_line(tmp_path: Path) -> None:
+    result = run_cli("api", "--models-dir", str(tmp_path / "nope"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert_one_error_line(result.stderr, f"--models-dir {tmp_path / 'nope'}: not found")
