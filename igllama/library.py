@@ -19,7 +19,6 @@ line's long flags with underscores (`ctx_size`, `parallel`, `api_key`, ...).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from collections.abc import Callable
@@ -29,9 +28,11 @@ from types import TracebackType
 from typing import Any
 
 from igllama.api import App, AppSettings, error_body
+from igllama.catalog import CatalogModel, scan
 from igllama.cli import ServerConfig
 from igllama.engine import Engine, EngineConfig, ModelConfig, ShuttingDown, default_threads
 from igllama.engine.model import check_gguf_file
+from igllama.engine.pool import EnginePool, ModelSpec
 from igllama.engine.speculation import SpecConfig
 from igllama.http import Limits, tls_context
 from igllama.http import Server as HTTPServer
@@ -42,26 +43,37 @@ log = logging.getLogger("igllama")
 _LAST_FRAMES_SECONDS = 2.0
 
 
-def server_config(model: str | Path, **settings: Any) -> ServerConfig:
-    """A `ServerConfig` for `model`; an unknown setting is a TypeError naming it."""
+def server_config(model: str | Path | None, **settings: Any) -> ServerConfig:
+    """A `ServerConfig` for `model` (None: only `models_dir`'s, or `models`); an unknown setting
+    is a TypeError naming it."""
     known = {f.name for f in fields(ServerConfig)} - {"model", "using_demo"}
     unknown = sorted(set(settings) - known)
     if unknown:
         raise TypeError(f"unknown igllama setting(s) {', '.join(unknown)}; use: {', '.join(sorted(known))}")
-    return ServerConfig(model=str(model), **settings)
+    if "models" in settings:
+        settings["models"] = tuple(str(path) for path in settings["models"])
+    if model is None and not settings.get("models_dir") and not settings.get("models"):
+        raise TypeError("give a model file, or models_dir= or models= to serve several")
+    return ServerConfig(model=str(model) if model is not None else "", **settings)
 
 
-def engine_config(config: ServerConfig) -> EngineConfig:
-    """The engine's part of a server's settings."""
+def engine_config(config: ServerConfig, model: CatalogModel | None = None) -> EngineConfig:
+    """The engine's part of a server's settings, for `model` (its models.toml settings
+    over the server's) or the server's one model."""
+    path = model.path if model is not None else config.model
+    ctx_size = model.ctx_size if model is not None and model.ctx_size is not None else config.ctx_size
+    parallel = model.parallel if model is not None and model.parallel is not None else config.parallel
+    template = model.chat_template if model is not None and model.chat_template is not None else config.chat_template
+    no_think = model.no_think if model is not None and model.no_think is not None else config.no_think
     return EngineConfig(
-        model=ModelConfig(config.model, n_gpu_layers=config.gpu_layers, mlock=config.mlock, repack=config.repack),
-        n_ctx=config.ctx_size,
+        model=ModelConfig(path, n_gpu_layers=config.gpu_layers, mlock=config.mlock, repack=config.repack),
+        n_ctx=ctx_size,
         n_batch=config.batch_size,
-        n_slots=config.parallel,
+        n_slots=parallel,
         n_threads=config.threads or default_threads(),
         n_threads_batch=config.threads_batch or default_threads(),
-        chat_template=config.chat_template,
-        no_think=config.no_think,
+        chat_template=template,
+        no_think=no_think,
         cache_ram_mib=config.cache_ram,
         max_queue=config.max_queue,
         split_reasoning=config.reasoning_format != "none",
@@ -69,6 +81,12 @@ def engine_config(config: ServerConfig) -> EngineConfig:
         cache_type_v=config.cache_type_v,
         spec=SpecConfig(config.spec, config.spec_draft_max, config.spec_ngram_min, config.spec_ngram_max),
     )
+
+
+def model_pool(config: ServerConfig) -> EnginePool:
+    """The models `config` serves, none loaded yet (`igllama.catalog.CatalogError` for a bad catalog)."""
+    specs = [ModelSpec(model.name, engine_config(config, model), model.aliases) for model in scan(config)]
+    return EnginePool(specs, max_loaded=config.models_max, idle_unload=config.models_idle_unload)
 
 
 def load(model: str | Path, **settings: Any) -> Engine:
@@ -86,18 +104,25 @@ class Server:
     loads the model off the event loop and returns once requests are served;
     it raises `igllama.http.ListenError`, `igllama.http.TLSError` or
     `igllama.engine.ModelLoadError` with a one-line message. `/health`
-    answers 503 while the model loads.
+    answers 503 while the model loads. With several models (`models_dir`,
+    `models`) nothing is loaded at start: each loads when a request names it.
     """
 
-    def __init__(self, model: str | Path | ServerConfig, **settings: Any) -> None:
+    def __init__(self, model: str | Path | ServerConfig | None, **settings: Any) -> None:
         config = model if isinstance(model, ServerConfig) else server_config(model, **settings)
         self.config = config
-        self.model_id = config.alias or Path(config.model).name
+        self.pool = model_pool(config)
+        self.model_id = self.pool.default.name
         self.app = App(AppSettings(self.model_id, config.max_tokens, config.temp, config.api_key,
                                    config.responses_store, metrics=config.metrics, slots=config.slots,
                                    sse_ping=config.sse_ping))
-        self.engine: Engine | None = None
         self._http: HTTPServer | None = None
+        self._closed = False
+
+    @property
+    def engine(self) -> Engine | None:
+        """The default model's engine, while it is loaded."""
+        return self.pool.default.engine
 
     @property
     def port(self) -> int:
@@ -112,61 +137,68 @@ class Server:
         return f"{server.scheme}://{host}:{server.port}"
 
     async def start(self) -> None:
-        """Bind, load the model and serve; returns once the model is loaded."""
+        """Bind, load the model and serve; returns once the model is loaded (with several, at once)."""
         await self.bind()
         await self.load()
 
     async def bind(self) -> HTTPServer:
         """Bind the port and answer (503 while loading) before the model is there."""
         config = self.config
-        check_gguf_file(config.model)
+        for path in (config.model, *config.models):
+            if path:
+                check_gguf_file(path)
         context: ssl.SSLContext | None = None
         if config.ssl_cert_file is not None and config.ssl_key_file is not None:
             context = tls_context(config.ssl_cert_file, config.ssl_key_file)
         self._http = await HTTPServer.start(self.app.router, config.host, config.port, limits=Limits(),
                                             error_body=error_body, ssl_context=context)
+        if not self.pool.single:
+            self.app.set_pool(self.pool)  # models load on demand
         return self._http
 
-    async def load(self, progress: Callable[[float], None] | None = None) -> Engine:
-        """Load the model on a worker thread (the event loop keeps serving), then serve it."""
+    async def load(self, progress: Callable[[float], None] | None = None) -> Engine | None:
+        """One model: load it on a worker thread (the event loop keeps serving), then serve it.
+        Several: nothing to do, they load on demand (returns None)."""
+        if not self.pool.single:
+            return None
 
-        def on_progress(fraction: float) -> None:
+        def on_progress(name: str, fraction: float) -> None:
             self.app.load_progress = fraction
             if progress is not None:
                 progress(fraction)
 
-        loop = asyncio.get_running_loop()
+        self.pool.on_progress = on_progress
         try:
-            self.engine = await loop.run_in_executor(None, Engine, engine_config(self.config), on_progress)
+            engine = await self.pool.load()
         except BaseException:
             await self.close()
             raise
-        self.app.set_engine(self.engine)
-        return self.engine
+        self.app.set_pool(self.pool)
+        return engine
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop: new requests get 503, requests in flight have `timeout` seconds (default: the
         `shutdown_timeout` setting) to finish, then end with an error naming the shutdown."""
         timeout = self.config.shutdown_timeout if timeout is None else timeout
         self.app.drain()
-        http, engine = self._http, self.engine
-        if http is not None and not await http.drain(timeout) and engine is not None:
+        http = self._http
+        if http is not None and not await http.drain(timeout):
             log.warning("shutdown timeout (%g s) reached: ending the requests still running", timeout)
-            engine.abort(ShuttingDown(f"the server shut down before this request finished "
-                                      f"(--shutdown-timeout {timeout:g} s)"))
+            self.pool.abort(ShuttingDown(f"the server shut down before this request finished "
+                                         f"(--shutdown-timeout {timeout:g} s)"))
             if not await http.drain(_LAST_FRAMES_SECONDS):
                 log.warning("closing %d connection(s) that did not finish", http.connection_count)
         await self.close()
 
     async def close(self) -> None:
-        """Stop at once: close every connection and free the model."""
+        """Stop at once: close every connection and free the models."""
         self.app.drain()
-        http, engine = self._http, self.engine
-        self._http = self.engine = None
+        http, self._http = self._http, None
         if http is not None:
             await http.close(0.0)
-        if engine is not None:
-            engine.close()
+        if not self._closed:
+            self._closed = True
+            await self.pool.close()
 
     async def __aenter__(self) -> Server:  # noqa: PYI034 - typing.Self needs Python 3.11
         await self.start()

@@ -40,6 +40,10 @@ async def _serve(config: ServerConfig) -> int:
     # up: a Ctrl-C in between would otherwise end in a KeyboardInterrupt trace.
     await asyncio.sleep(0)
     _banner(config, running)
+    if not running.pool.single:
+        print(f"ready: {len(running.pool.models)} models, each loaded when a request names it: {running.url}/v1",
+              file=sys.stderr)
+        return await _serve_until_signal(config, running, stop)
     progress = _ProgressBar()
     started = time.perf_counter()
     load = asyncio.ensure_future(running.load(progress.update))
@@ -58,6 +62,10 @@ async def _serve(config: ServerConfig) -> int:
         return 1
     progress.finish()
     print(f"ready in {time.perf_counter() - started:.1f} s: {running.url}/v1", file=sys.stderr)
+    return await _serve_until_signal(config, running, stop)
+
+
+async def _serve_until_signal(config: ServerConfig, running: Server, stop: asyncio.Future[int]) -> int:
     signum = await stop
     log.info("received %s: draining; requests in flight have %g s to finish (a second signal stops at once)",
              signal.Signals(signum).name, config.shutdown_timeout)
@@ -80,8 +88,22 @@ def _banner(config: ServerConfig, server: Server) -> None:
     lines = [
         f"igllama {__version__}: OpenAI-compatible API on {server.url}",
         f"  chat     {server.url}/ in a browser",
-        f"  model    {config.model}" + (" (the bundled demo model)" if config.using_demo else ""),
-        f"  id       {server.model_id}",
+    ]
+    if server.pool.single:
+        lines += [
+            f"  model    {config.model}" + (" (the bundled demo model)" if config.using_demo else ""),
+            f"  id       {server.model_id}",
+        ]
+    else:
+        names = list(server.pool.models)
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        limits = [f"at most {config.models_max} loaded" if config.models_max else "",
+                  f"unloaded after {config.models_idle_unload:g} s idle" if config.models_idle_unload else ""]
+        lines += [
+            f"  models   {shown}" + (f" (from {config.models_dir})" if config.models_dir else ""),
+            "  loading  on demand" + "".join(f"; {limit}" for limit in limits if limit),
+        ]
+    lines += [
         f"  context  {config.ctx_size} tokens shared by {config.parallel} slots, batch {config.batch_size}",
         (
             f"  threads  {threads} generation, {threads_batch} prefill; gpu layers {config.gpu_layers}"

@@ -24,6 +24,7 @@ from igllama.api.output import schema_grammar
 from igllama.engine import (
     ChatMessage,
     CompletionRequest,
+    Engine,
     EngineError,
     Finished,
     GenerationStream,
@@ -228,13 +229,21 @@ def _output_format(data: dict[str, Any]) -> str:
 
 
 async def messages(app: App, request: Request) -> Response | EventStream:
-    engine = app.engine_or_503()
     started = time.perf_counter()
     call = parse_messages(parse_json(request.body), app)
-    try:
-        streams = await engine.submit_choices(call.request, 1)
-    except EngineError as exc:
-        raise from_engine(exc, "messages") from None
+
+    async def start(engine: Engine) -> Response | EventStream:
+        try:
+            streams = await engine.submit_choices(call.request, 1)
+        except EngineError as exc:
+            raise from_engine(exc, "messages") from None
+        return await _reply(app, request, call, streams, started)
+
+    return await app.run(request, call.model, call.stream, start, _stream_error, framed=False)
+
+
+async def _reply(app: App, request: Request, call: MessagesCall, streams: list[GenerationStream], started: float
+                 ) -> Response | EventStream:
     mid = f"msg_{uuid.uuid4().hex[:24]}"
     if call.stream:
         outcome = Outcome()
@@ -246,8 +255,8 @@ async def messages(app: App, request: Request) -> Response | EventStream:
 
 
 async def count_tokens(app: App, request: Request) -> Response:
-    engine = app.engine_or_503()
     call = parse_messages(parse_json(request.body), app, for_counting=True)
+    engine = await app.engine(call.model)
     try:
         tokens = engine.prompt_tokens(call.request)
     except EngineError as exc:

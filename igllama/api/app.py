@@ -14,14 +14,17 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from igllama.api import anthropic, ollama, openai, page, slots, utility
 from igllama.api.choices import Outcome, Reply, combined, interleave
 from igllama.api.errors import RETRY_AFTER, APIError, from_engine
-from igllama.api.fields import Defaults
+from igllama.api.fields import Defaults, query_value
 from igllama.api.metrics import Metrics
-from igllama.engine import Engine, EngineError, Finished, GenerationStream
+from igllama.engine import Engine, EngineError, Finished, GenerationStream, ModelNotFound
+from igllama.engine.pool import EnginePool, ModelState, PooledModel
 from igllama.http import EventStream, Request, Response, Router
+from igllama.http.response import SSE
 
 access_log = logging.getLogger("igllama.access")
 log = logging.getLogger("igllama.api")
@@ -32,9 +35,20 @@ HEALTH_OK = Response.json(200, {"status": "ok", "model": "loaded"})
 _RETRY = ((b"Retry-After", str(RETRY_AFTER).encode()),)
 
 
+class Listed(NamedTuple):
+    """A served model as the model lists show it."""
+
+    name: str
+    aliases: tuple[str, ...]
+    path: str
+    state: str  # loaded, loading, unloaded, unloading or failed
+    error: str | None  # why it failed to load
+    engine: Engine | None  # when loaded
+
+
 @dataclass(frozen=True, slots=True)
 class AppSettings:
-    model_id: str
+    model_id: str  # the default model's name
     max_tokens: int = 2048
     temperature: float = 0.7
     api_key: str | None = None
@@ -45,14 +59,14 @@ class AppSettings:
 
 
 class App:
-    """Serves the API; answers 503 until `set_engine` hands it a loaded engine,
-    and again once `drain` is called or the engine stops serving."""
+    """Serves the API for the models of an `EnginePool` (503 until `set_pool`), each
+    request on the model it names; 503 again once `drain` is called."""
 
     def __init__(self, settings: AppSettings) -> None:
         self.settings = settings
         self.access_log = access_log
-        self.engine: Engine | None = None
-        self.load_progress = 0.0
+        self.pool: EnginePool | None = None
+        self.load_progress = 0.0  # of the one model loading before the pool is set
         self.draining = False
         self.created = int(time.time())
         self.defaults = Defaults(settings.max_tokens, settings.temperature)
@@ -66,9 +80,17 @@ class App:
         utility.routes(self)
         slots.routes(self)
 
-    def set_engine(self, engine: Engine) -> None:
-        self.defaults = Defaults(self.settings.max_tokens, self.settings.temperature, engine.model.n_vocab)
-        self.engine = engine
+    def set_pool(self, pool: EnginePool) -> None:
+        """Serve the pool's models (one model: once it is loaded)."""
+        self.pool = pool
+
+    def listing(self) -> list[Listed]:
+        """Every served model and its state, for the model lists of each dialect."""
+        if self.pool is None:
+            return [Listed(self.settings.model_id, (), "", "loading", None, None)]
+        return [Listed(m.name, m.spec.aliases, m.spec.config.model.path, m.state.value, m.error,
+                       m.engine if m.state is ModelState.LOADED else None)
+                for m in self.pool.models.values()]
 
     def drain(self) -> None:
         """The server is stopping: health says so, new requests get 503, requests in flight go on."""
@@ -77,17 +99,25 @@ class App:
     # -- handlers
 
     def health(self, request: Request) -> Response:
-        """Plain function: the HTTP layer calls it inline, the cheap path orchestrators poll."""
+        """Plain function: the HTTP layer calls it inline, the cheap path orchestrators poll.
+
+        One model: its health (503 while it loads). Several: 200 while the server is
+        up; `?model=NAME` asks about one of them."""
         if self.draining:
             return Response.json(503, {"status": "draining"}, headers=_RETRY)
-        if self.engine is None:
+        pool = self.pool
+        if pool is None:
             return Response.json(
                 503, {"status": "loading", "model": "loading", "progress": round(self.load_progress, 3)}
             )
-        problem = self.engine.health()
-        if problem is not None:
-            return Response.json(503, {"status": "error", "model": "failed", "error": problem})
-        return HEALTH_OK
+        requested = query_value(request.query, "model")
+        if requested is None and not pool.single:
+            return Response.json(200, {"status": "ok", "models": len(pool.models), "loaded": len(pool.loaded())})
+        try:
+            model = pool.find(requested)
+        except ModelNotFound as exc:
+            return Response.json(404, {"status": "not_found", "error": str(exc)})
+        return model_health(model)
 
     # -- what every dialect's handlers share
 
@@ -143,14 +173,68 @@ class App:
                 await stream.aclose()
             self.log_access(request, status, started, outcome.total)
 
-    def engine_or_503(self) -> Engine:
+    def model(self, requested: str | None) -> PooledModel:
+        """The served model a request's `model` field names: 404 `model_not_found` listing them otherwise."""
         if self.draining:
             raise APIError(503, "the server is shutting down; send the request elsewhere or retry later",
                            code="shutting_down", retry_after=RETRY_AFTER)
-        if self.engine is None:
+        if self.pool is None:
             raise APIError(503, "the model is still loading; retry when GET /health answers 200",
                            retry_after=RETRY_AFTER)
-        return self.engine
+        try:
+            return self.pool.find(requested)
+        except EngineError as exc:
+            raise from_engine(exc, "model") from None
+
+    async def engine(self, requested: str | None) -> Engine:
+        """The engine of the requested model, loaded first if need be (the request waits).
+
+        Once the model is loaded this returns without a suspension point: submit to
+        the engine before awaiting anything else, and no unload can come in between."""
+        model = self.model(requested)
+        pool = self.pool
+        if pool is None or (pool.single and model.state is ModelState.LOADING):
+            raise APIError(503, "the model is still loading; retry when GET /health answers 200",
+                           retry_after=RETRY_AFTER)
+        try:
+            return await pool.engine(requested)
+        except EngineError as exc:
+            raise from_engine(exc, "model") from None
+
+    async def run(
+        self, request: Request, requested: str | None, stream: bool,
+        start: Callable[[Engine], Awaitable[Response | EventStream]],
+        error_frames: Callable[[APIError], list[bytes]], *, content_type: bytes = SSE, framed: bool = True,
+    ) -> Response | EventStream:
+        """`start(engine)` on the requested model's engine. A streamed request whose model must
+        load first gets its stream at once (keep-alive pings while the model loads), then
+        `start`'s frames, or its error in-band (`error_frames`, in the dialect's shape)."""
+        model = self.model(requested)
+        if not stream or model.state is ModelState.LOADED or (self.pool is not None and self.pool.single):
+            return await start(await self.engine(requested))
+        return EventStream(self._after_load(request, requested, start, error_frames),
+                           content_type=content_type, framed=framed)
+
+    async def _after_load(
+        self, request: Request, requested: str | None, start: Callable[[Engine], Awaitable[Response | EventStream]],
+        error_frames: Callable[[APIError], list[bytes]],
+    ) -> AsyncIterator[bytes]:
+        started = time.perf_counter()
+        try:
+            result = await start(await self.engine(requested))
+        except APIError as error:
+            self.log_access(request, error.status, started, None)
+            for frame in error_frames(error):
+                yield frame
+            return
+        if not isinstance(result, EventStream):  # (`start` streams what was asked to stream)
+            raise TypeError("a streamed request's handler answered without a stream")
+        frames = result.events
+        try:
+            async for frame in frames:
+                yield frame
+        finally:
+            await frames.aclose()  # type: ignore[attr-defined]
 
     def add(self, method: str, path: str, handler: AsyncHandler,
             errors: Callable[[APIError], Response] = APIError.response) -> None:
@@ -176,7 +260,7 @@ class App:
             try:
                 result = await handler(request)
             except APIError as exc:
-                if exc.status != 503 or self.engine is not None:  # not the load-time polling
+                if exc.status != 503 or self.pool is not None:  # not the load-time polling
                     access_log.info("%s %s %d %s", request.method, request.path, exc.status, exc.message)
                 count(path, exc.status)
                 return errors(exc)
@@ -202,3 +286,19 @@ class App:
             request.method, request.path, status, done.prompt_tokens, done.cached_tokens,
             done.completion_tokens, drafts, done.generation_tokens_per_s, elapsed_ms,
         )
+
+
+def model_health(model: PooledModel) -> Response:
+    """One model's /health: 200 when it serves (or can be loaded on demand), 503 while it
+    loads or when its engine stopped, 500 when it failed to load."""
+    state = model.state
+    if state is ModelState.LOADING:
+        return Response.json(503, {"status": "loading", "model": "loading", "progress": round(model.progress, 3)})
+    if state is ModelState.FAILED:
+        return Response.json(500, {"status": "error", "model": "failed", "error": model.error})
+    if state is ModelState.LOADED and model.engine is not None:
+        problem = model.engine.health()
+        if problem is not None:
+            return Response.json(503, {"status": "error", "model": "failed", "error": problem})
+        return HEALTH_OK
+    return Response.json(200, {"status": "ok", "model": state.value})

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import orjson
 
-from igllama.engine import CapacityError, EngineError, EngineUnavailable, InputError, ShuttingDown
+from igllama.engine import (
+    CapacityError,
+    EngineError,
+    EngineUnavailable,
+    InputError,
+    ModelLoadFailed,
+    ModelNotFound,
+    ShuttingDown,
+)
 from igllama.http import Response
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 503: "unavailable_error"}
@@ -45,7 +53,11 @@ RETRY_AFTER = 1
 
 def from_engine(exc: EngineError, param: str) -> APIError:
     """The API's answer to an engine error: bad input 400 (about `param`),
-    no capacity or no engine 503 with Retry-After, anything else 500."""
+    no capacity or no engine 503 with Retry-After, an unknown model 404, anything else 500."""
+    if isinstance(exc, ModelNotFound):
+        return APIError(404, str(exc), param="model", code="model_not_found")
+    if isinstance(exc, ModelLoadFailed):
+        return APIError(500, str(exc), param="model", code="model_load_failed")
     if isinstance(exc, InputError):
         return APIError(400, str(exc), param=getattr(exc, "param", None) or param)
     if isinstance(exc, CapacityError):

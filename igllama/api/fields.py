@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_plus
 
 import orjson
 
@@ -27,7 +28,6 @@ class Defaults:
 
     max_tokens: int = 2048
     temperature: float = 0.7
-    n_vocab: int = 0  # for logit_bias token ids; 0 skips the check
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def sampling_params(data: dict[str, Any], defaults: Defaults) -> SamplingParams:
         repeat_penalty=number(data, "repeat_penalty", 1.0, 0.0, 10.0, exclusive_min=True),
         presence_penalty=number(data, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=number(data, "frequency_penalty", 0.0, -2.0, 2.0),
-        logit_bias=logit_bias(data.get("logit_bias"), defaults.n_vocab),
+        logit_bias=logit_bias(data.get("logit_bias")),
     )
 
 
@@ -119,7 +119,8 @@ def stop_strings(raw: Any) -> tuple[str, ...]:
     raise APIError(400, f"stop must be a string or an array of at most {MAX_STOP_STRINGS} strings", param="stop")
 
 
-def logit_bias(raw: Any, n_vocab: int) -> tuple[tuple[int, float], ...]:
+def logit_bias(raw: Any) -> tuple[tuple[int, float], ...]:
+    """Token ids and biases; ids past the model's vocabulary are the engine's to refuse."""
     if raw is None:
         return ()
     if not isinstance(raw, dict):
@@ -130,9 +131,8 @@ def logit_bias(raw: Any, n_vocab: int) -> tuple[tuple[int, float], ...]:
             token = int(key)
         except ValueError:
             raise APIError(400, f"logit_bias key {key!r} is not a token id", param="logit_bias") from None
-        if token < 0 or (n_vocab and token >= n_vocab):
-            raise APIError(400, f"logit_bias token id {token} is outside the vocabulary (0..{n_vocab - 1})",
-                           param="logit_bias")
+        if token < 0:
+            raise APIError(400, f"logit_bias token id {token} is not a token id", param="logit_bias")
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not -100 <= value <= 100:
             raise APIError(400, f"logit_bias for token {token} must be a number from -100 to 100", param="logit_bias")
         biases.append((token, float(value)))
@@ -144,3 +144,12 @@ def model_name(data: dict[str, Any]) -> str | None:
     if model is not None and not isinstance(model, str):
         raise APIError(400, "model must be a string", param="model")
     return model
+
+
+def query_value(query: str, name: str) -> str | None:
+    """One parameter of a URL's query string, percent-decoded; None when absent."""
+    for pair in query.split("&") if query else ():
+        key, _, value = pair.partition("=")
+        if unquote_plus(key) == name:
+            return unquote_plus(value)
+    return None

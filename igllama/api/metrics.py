@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter
+from collections.abc import Callable
 
 from igllama.engine import EngineStats, Finished
 
@@ -82,8 +83,8 @@ class Metrics:
             self.per_output_token.observe(per_token)
         self.duration.observe(seconds)
 
-    def exposition(self, stats: EngineStats | None) -> bytes:
-        """Every metric in the text format; the engine's gauges only once it is loaded."""
+    def exposition(self, engines: dict[str, EngineStats]) -> bytes:
+        """Every metric in the text format; each loaded model's engine gauges, labelled with its name."""
         out: list[str] = []
 
         def metric(name: str, kind: str, help_text: str, lines: list[str]) -> None:
@@ -119,16 +120,25 @@ class Metrics:
         metric("igllama_request_duration_seconds", "histogram",
                "Completion requests, from arrival to the reply's end.",
                self.duration.lines("igllama_request_duration_seconds"))
-        if stats is not None:
-            counter("igllama_decode_steps_total", "llama_decode calls (one batch each).", stats.decode_steps)
-            gauge("igllama_requests_running", "Requests holding a slot (prefilling or generating).", stats.running)
-            gauge("igllama_requests_queued", "Requests waiting for a slot.", stats.queued)
-            gauge("igllama_slots_busy", "Slots serving a request.", stats.busy_slots)
-            gauge("igllama_slots_total", "Slots (--parallel).", len(stats.slots))
-            gauge("igllama_kv_cells_used", "KV cache cells holding a token.", stats.kv_cells_used)
-            gauge("igllama_kv_cells_total", "KV cache cells (--ctx-size).", stats.kv_cells_total)
-            gauge("igllama_prompt_cache_bytes", "Idle slots' KV states kept in host RAM (--cache-ram).",
-                  stats.prompt_cache_bytes)
+
+        def per_model(name: str, kind: str, help_text: str, value: Callable[[EngineStats], float]) -> None:
+            metric(name, kind, help_text, [
+                f'{name}{{model="{_label(model)}"}} {_number(value(stats))}' for model, stats in engines.items()
+            ])
+
+        gauge("igllama_models_loaded", "Models loaded (serving without a load first).", len(engines))
+        if engines:
+            per_model("igllama_decode_steps_total", "counter", "llama_decode calls (one batch each), since the "
+                      "model was loaded.", lambda s: s.decode_steps)
+            per_model("igllama_requests_running", "gauge", "Requests holding a slot (prefilling or generating).",
+                      lambda s: s.running)
+            per_model("igllama_requests_queued", "gauge", "Requests waiting for a slot.", lambda s: s.queued)
+            per_model("igllama_slots_busy", "gauge", "Slots serving a request.", lambda s: s.busy_slots)
+            per_model("igllama_slots_total", "gauge", "Slots (--parallel).", lambda s: len(s.slots))
+            per_model("igllama_kv_cells_used", "gauge", "KV cache cells holding a token.", lambda s: s.kv_cells_used)
+            per_model("igllama_kv_cells_total", "gauge", "KV cache cells (--ctx-size).", lambda s: s.kv_cells_total)
+            per_model("igllama_prompt_cache_bytes", "gauge", "Idle slots' KV states kept in host RAM (--cache-ram).",
+                      lambda s: s.prompt_cache_bytes)
         return ("\n".join(out) + "\n").encode()
 
 

@@ -9,7 +9,7 @@ engine as the other dialects.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ from igllama.api.tools import parse_tools
 from igllama.engine import (
     ChatMessage,
     CompletionRequest,
+    Engine,
     EngineError,
     Finished,
     GenerationStream,
@@ -39,10 +40,11 @@ from igllama.engine import (
     TextDelta,
     ToolCall,
 )
+from igllama.engine.model import file_facts
 from igllama.http import NDJSON, EventStream, Request, Response
 
 if TYPE_CHECKING:
-    from igllama.api.app import App
+    from igllama.api.app import App, Listed
     from igllama.engine.model import Model, ModelFacts
 
 # The Ollama release whose API this follows; clients read it to decide what to send.
@@ -190,54 +192,71 @@ async def chat(app: App, request: Request) -> Response | EventStream:
         messages=_messages(data.get("messages")), max_tokens=max_tokens, sampling=sampling, stop=stop,
         no_think=no_think, split_reasoning=split, tools=tools, tool_choice=choice, grammar=_format(data),
     )
-    return await _run(app, request, data, completion, "message")
+    return await _run(app, request, data, lambda engine: completion, "message")
 
 
 async def generate(app: App, request: Request) -> Response | EventStream:
-    engine = app.engine_or_503()
     data = parse_json(request.body)
     prompt, suffix, system = (data.get(name) or "" for name in ("prompt", "suffix", "system"))
     if not all(isinstance(value, str) for value in (prompt, suffix, system)):
         raise APIError(400, "prompt, suffix and system must be strings", param="prompt")
-    model = model_name(data) or app.settings.model_id
-    if not prompt and not suffix:  # what Ollama clients send to load a model
-        return Response.json(200, {"model": model, "created_at": _now(), "response": "", "done": True,
-                                   "done_reason": "load"})
+    if not prompt and not suffix:  # what Ollama clients send to load (or, with keep_alive 0, unload) a model
+        return await _load(app, data)
     sampling, max_tokens, stop = _options(data, app.defaults)
     no_think, split = _think(data)
     base = CompletionRequest(messages=(), max_tokens=max_tokens, sampling=sampling, stop=stop,
                              no_think=no_think, split_reasoning=split, grammar=_format(data))
-    try:
-        if suffix:
-            completion = replace(base, prompt=tuple(engine.infill_prompt(prompt, suffix)))
-        elif boolean(data, "raw", False):
-            completion = replace(base, prompt=tuple(engine.tokenize(prompt)), split_reasoning=False)
-        else:
-            chat_messages = ((ChatMessage("system", system),) if system else ()) + (ChatMessage("user", prompt),)
-            completion = replace(base, messages=chat_messages)
-    except EngineError as exc:
-        raise from_engine(exc, "suffix") from None
-    return await _run(app, request, data, completion, "response")
+
+    def prepare(engine: Engine) -> CompletionRequest:
+        try:
+            if suffix:
+                return replace(base, prompt=tuple(engine.infill_prompt(prompt, suffix)))
+            if boolean(data, "raw", False):
+                return replace(base, prompt=tuple(engine.tokenize(prompt)), split_reasoning=False)
+        except EngineError as exc:
+            raise from_engine(exc, "suffix") from None
+        chat_messages = ((ChatMessage("system", system),) if system else ()) + (ChatMessage("user", prompt),)
+        return replace(base, messages=chat_messages)
+
+    return await _run(app, request, data, prepare, "response")
 
 
-async def _run(app: App, request: Request, data: dict[str, Any], completion: CompletionRequest,
+async def _load(app: App, data: dict[str, Any]) -> Response:
+    """An empty generate: load the model, or unload it when `keep_alive` is 0."""
+    model = model_name(data)
+    name = app.model(model).name
+    if data.get("keep_alive") in (0, "0", "0s", "0m"):
+        unloaded = app.pool is not None and await app.pool.unload(name)
+        return Response.json(200, {"model": model or name, "created_at": _now(), "response": "", "done": True,
+                                   "done_reason": "unload" if unloaded else "stop"})
+    await app.engine(model)
+    return Response.json(200, {"model": model or name, "created_at": _now(), "response": "", "done": True,
+                               "done_reason": "load"})
+
+
+async def _run(app: App, request: Request, data: dict[str, Any], prepare: Callable[[Engine], CompletionRequest],
                shape: str) -> Response | EventStream:
-    """Run `completion`; `shape` is where the text goes: a chat `message` or a generate `response`."""
-    engine = app.engine_or_503()
+    """Run the completion `prepare` makes for the model's engine; `shape` is where the text
+    goes: a chat `message` or a generate `response`."""
     started = time.perf_counter()
     model = model_name(data) or app.settings.model_id
     stream = boolean(data, "stream", True)
-    try:
-        streams = await engine.submit_choices(completion, 1)
-    except EngineError as exc:
-        raise from_engine(exc, "messages" if shape == "message" else "prompt") from None
-    if stream:
-        outcome = Outcome()
-        frames = _lines(streams[0], model, shape, started, outcome)
-        return EventStream(app.guard_stream(request, streams, started, shape, frames, _stream_error, outcome),
-                           content_type=NDJSON, framed=False)
-    (reply,), done = await app.gather(request, streams, started, False)
-    return Response.json(200, _whole(model, shape, reply, done, started))
+
+    async def start(engine: Engine) -> Response | EventStream:
+        completion = prepare(engine)
+        try:
+            streams = await engine.submit_choices(completion, 1)
+        except EngineError as exc:
+            raise from_engine(exc, "messages" if shape == "message" else "prompt") from None
+        if stream:
+            outcome = Outcome()
+            frames = _lines(streams[0], model, shape, started, outcome)
+            return EventStream(app.guard_stream(request, streams, started, shape, frames, _stream_error, outcome),
+                               content_type=NDJSON, framed=False)
+        (reply,), done = await app.gather(request, streams, started, False)
+        return Response.json(200, _whole(model, shape, reply, done, started))
+
+    return await app.run(request, model_name(data), stream, start, _stream_error, content_type=NDJSON, framed=False)
 
 
 def _whole(model: str, shape: str, reply: Reply, done: Finished, started: float) -> dict[str, Any]:
@@ -279,26 +298,36 @@ def _details(model: Model, facts: ModelFacts) -> dict[str, Any]:
             "parameter_size": facts.parameter_size, "quantization_level": facts.quantization}
 
 
-def _entry(app: App) -> dict[str, Any]:
-    model = app.engine_or_503().model
-    facts = model.describe()
-    name = app.settings.model_id
-    return {"name": name, "model": name, "modified_at": facts.modified_at, "size": facts.file_size,
-            "digest": "", "details": _details(model, facts)}
+def _entry(listed: Listed) -> dict[str, Any]:
+    """A model as /api/tags lists it; a model not loaded has its file's facts only."""
+    if listed.engine is not None:
+        model = listed.engine.model
+        facts = model.describe()
+        size, modified, details = facts.file_size, facts.modified_at, _details(model, facts)
+    else:
+        size, modified = file_facts(listed.path)
+        details = {"parent_model": "", "format": "gguf", "family": "", "families": [], "parameter_size": "",
+                   "quantization_level": ""}
+    return {"name": listed.name, "model": listed.name, "modified_at": modified, "size": size,
+            "digest": "", "details": details}
 
 
 async def tags(app: App, request: Request) -> Response:
-    return Response.json(200, {"models": [_entry(app)]})
+    return Response.json(200, {"models": [_entry(listed) for listed in app.listing()]})
 
 
 async def running(app: App, request: Request) -> Response:
-    engine = app.engine_or_503()
-    entry = {**_entry(app), "expires_at": "9999-12-31T23:59:59Z", "size_vram": 0, "context_length": engine.n_ctx}
-    return Response.json(200, {"models": [entry]})
+    """The loaded models (Ollama's `ps`); they stay loaded until unloaded to make room or when idle."""
+    models = [{**_entry(listed), "expires_at": "9999-12-31T23:59:59Z", "size_vram": 0,
+               "context_length": listed.engine.n_ctx}
+              for listed in app.listing() if listed.engine is not None]
+    return Response.json(200, {"models": models})
 
 
 async def show(app: App, request: Request) -> Response:
-    engine = app.engine_or_503()
+    data = parse_json(request.body) if request.body else {}
+    # (older clients send the model as `name`)
+    engine = await app.engine(model_name(data) or model_name({"model": data.get("name")}))  # (loads it: what a model can do is read from the loaded file)
     model = engine.model
     facts = model.describe()
     capabilities = ["completion"]
@@ -324,13 +353,13 @@ async def version(app: App, request: Request) -> Response:
 
 
 async def embed(app: App, request: Request) -> Response:
-    engine = app.engine_or_503()
     started = time.perf_counter()
     data = parse_json(request.body)
     raw = data.get("input")
     inputs = [raw] if isinstance(raw, str) else raw
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
         raise APIError(400, "input must be a string or an array of strings", param="input")
+    engine = await app.engine(model_name(data))
     try:
         result = await engine.embed(list(inputs))
     except EngineError as exc:
@@ -346,11 +375,11 @@ async def embed(app: App, request: Request) -> Response:
 
 async def embeddings(app: App, request: Request) -> Response:
     """The older single-text form: `{"prompt"}` in, `{"embedding"}` out."""
-    engine = app.engine_or_503()
     data = parse_json(request.body)
     prompt = data.get("prompt")
     if not isinstance(prompt, str):
         raise APIError(400, "prompt must be a string", param="prompt")
+    engine = await app.engine(model_name(data))
     try:
         result = await engine.embed([prompt])
     except EngineError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from igllama.api.errors import APIError
+from igllama.api.fields import query_value
 from igllama.api.metrics import CONTENT_TYPE
 from igllama.engine import SlotStats
 from igllama.http import Request, Response
@@ -29,7 +30,7 @@ def routes(app: App) -> None:
 async def slots(app: App, request: Request) -> Response:
     if not app.settings.slots:
         raise _unavailable("/slots", "without --no-slots")
-    engine = app.engine_or_503()
+    engine = await app.engine(query_value(request.query, "model"))  # (llama-server's router: ?model=)
     stats = engine.stats
     return Response.json(200, [_slot(slot, stats.kv_cells_total) for slot in stats.slots])
 
@@ -37,7 +38,7 @@ async def slots(app: App, request: Request) -> Response:
 async def metrics(app: App, request: Request) -> Response:
     if not app.settings.metrics:
         raise _unavailable("/metrics", "with --metrics")
-    stats = app.engine.stats if app.engine is not None else None
+    stats = {listed.name: listed.engine.stats for listed in app.listing() if listed.engine is not None}
     return Response(200, app.metrics.exposition(stats), content_type=CONTENT_TYPE)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from igllama.api.errors import APIError, from_engine
-from igllama.api.fields import boolean, is_int, parse_json
+from igllama.api.fields import boolean, is_int, model_name, parse_json, query_value
 from igllama.api.openai.chat_requests import parse_chat
 from igllama.engine import EngineError
 from igllama.http import Request, Response
@@ -26,11 +26,11 @@ def routes(app: App) -> None:
 
 
 async def tokenize(app: App, request: Request) -> Response:
-    engine = app.engine_or_503()
     data = parse_json(request.body)
     content = data.get("content")
     if not isinstance(content, str):
         raise APIError(400, "content must be a string", param="content")
+    engine = await app.engine(model_name(data))
     tokens = engine.tokenize(content, add_special=boolean(data, "add_special", False),
                              parse_special=boolean(data, "parse_special", True))
     if not boolean(data, "with_pieces", False):
@@ -47,10 +47,11 @@ async def tokenize(app: App, request: Request) -> Response:
 
 
 async def detokenize(app: App, request: Request) -> Response:
-    engine = app.engine_or_503()
-    tokens = parse_json(request.body).get("tokens")
+    data = parse_json(request.body)
+    tokens = data.get("tokens")
     if not isinstance(tokens, list) or not all(is_int(t) for t in tokens):
         raise APIError(400, "tokens must be an array of token ids", param="tokens")
+    engine = await app.engine(model_name(data))
     bad = [t for t in tokens if not 0 <= t < engine.model.n_vocab]
     if bad:
         raise APIError(400, f"token id {bad[0]} is outside the vocabulary (0 to {engine.model.n_vocab - 1})",
@@ -60,8 +61,8 @@ async def detokenize(app: App, request: Request) -> Response:
 
 async def apply_template(app: App, request: Request) -> Response:
     """The prompt the chat template makes of an OpenAI chat request (tools included)."""
-    engine = app.engine_or_503()
     call = parse_chat(parse_json(request.body), app.defaults)
+    engine = await app.engine(call.model)
     try:
         prompt = engine.render(call.request)
     except EngineError as exc:
@@ -70,7 +71,9 @@ async def apply_template(app: App, request: Request) -> Response:
 
 
 async def props(app: App, request: Request) -> Response:
-    engine = app.engine_or_503()
+    """The default model's settings, or those of `?model=NAME` (loaded first)."""
+    requested = query_value(request.query, "model")
+    engine = await app.engine(requested)
     config = engine.config
     settings: dict[str, Any] = {
         "n_ctx": engine.n_ctx,
@@ -80,7 +83,7 @@ async def props(app: App, request: Request) -> Response:
     return Response.json(200, {
         "default_generation_settings": settings,
         "total_slots": config.n_slots,
-        "model_alias": app.settings.model_id,
+        "model_alias": app.model(requested).name,
         "model_path": engine.model.path,
         "chat_template": engine.template.source or engine.template.description,
         "modalities": {"vision": False, "audio": False},

@@ -8,6 +8,8 @@ from igllama.engine.errors import (
     EngineFailure,
     EngineUnavailable,
     InputError,
+    ModelLoadFailed,
+    ModelNotFound,
     ShuttingDown,
 )
 from igllama.engine.grammar import SchemaError, json_grammar
@@ -43,6 +45,8 @@ __all__ = [
     "InputError",
     "ModelConfig",
     "ModelLoadError",
+    "ModelLoadFailed",
+    "ModelNotFound",
     "NoFimError",
     "Progress",
     "PromptTooLongError",

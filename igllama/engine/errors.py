@@ -36,3 +36,16 @@ class ShuttingDown(EngineUnavailable):
 
 class EngineFailure(EngineError):
     """An internal failure ended this request; the engine keeps serving others."""
+
+
+class ModelNotFound(EngineError):
+    """The request names a model the server does not offer; `names` are those it does."""
+
+    def __init__(self, requested: str, names: list[str]) -> None:
+        super().__init__(f"model {requested!r} is not served here; the models are: {', '.join(names)}")
+        self.requested = requested
+        self.names = names
+
+
+class ModelLoadFailed(EngineError):
+    """The requested model could not be loaded (a broken file, too little memory); others still serve."""

@@ -197,12 +197,12 @@ class Model:
         llama.llama_model_desc(self._model, buf, len(buf))
         desc = buf.value.decode("utf-8", errors="replace")  # "<arch> <size> <file type>"
         n_params = int(llama.llama_model_n_params(self._model))
-        stat = os.stat(self.path)
+        file_size, modified_at = file_facts(self.path)
         return ModelFacts(
             parameter_size=f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else f"{n_params / 1e6:.0f}M",
             quantization=desc.split(" ", 2)[2] if desc.count(" ") >= 2 else "",
-            file_size=stat.st_size,
-            modified_at=datetime.fromtimestamp(stat.st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            file_size=file_size,
+            modified_at=modified_at,
         )
 
     def is_eog(self, token: int) -> bool:
@@ -216,6 +216,15 @@ class Model:
 
     def __del__(self) -> None:
         self.close()
+
+
+def file_facts(path: str) -> tuple[int, str]:
+    """A model file's size and mtime (RFC 3339), without loading it; (0, "") if it is gone."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return 0, ""
+    return stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True)

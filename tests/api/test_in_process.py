@@ -17,6 +17,7 @@ import requests
 
 from igllama.api import App, AppSettings, error_body
 from igllama.engine import Engine, EngineConfig, ModelConfig
+from igllama.engine.pool import EnginePool
 from igllama.http import Request, Server
 from tests.api.conftest import (
     NEVER_STOP,
@@ -54,7 +55,7 @@ def engine(model_path: str) -> Iterator[Engine]:
 @pytest.fixture(scope="module")
 def one_slot(background_loop: BackgroundLoop, engine: Engine) -> Iterator[Running]:
     app = App(AppSettings("one-slot", max_tokens=2048, temperature=0.0))
-    app.set_engine(engine)
+    app.set_pool(EnginePool.of("one-slot", engine))
     running = start(background_loop, app)
     yield running
     background_loop.run(running.server.close(1.0))
@@ -108,7 +109,7 @@ def test_while_loading_health_and_api_answer_503_then_200(loading: Running, engi
     loading.app.load_progress = 0.5  # what serve.py's progress callback does
     assert requests.get(f"{loading.url}/health", timeout=TIMEOUT).json()["progress"] == 0.5
 
-    loading.app.set_engine(engine)
+    loading.app.set_pool(EnginePool.of("still-loading", engine))
     health = requests.get(f"{loading.url}/health", timeout=TIMEOUT)
     assert (health.status_code, health.json()) == (200, {"status": "ok", "model": "loaded"})
     reply = requests.post(f"{loading.url}/v1/chat/completions", json=user("Hi", 1), timeout=TIMEOUT)

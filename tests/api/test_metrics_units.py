@@ -29,7 +29,7 @@ def test_histograms_are_cumulative_with_sum_and_count() -> None:
     metrics = Metrics()
     metrics.observe_reply(reply(11, queued_ms=0.0, prefill_ms=40.0, generation_ms=200.0), 0.3)
     metrics.observe_reply(reply(1, queued_ms=2000.0, prefill_ms=1000.0, generation_ms=0.0), 3.1)
-    got = samples(metrics.exposition(None))
+    got = samples(metrics.exposition({}))
     ttft = "igllama_time_to_first_token_seconds"
     assert got[f"{ttft}_bucket", (("le", "0.05"),)] == 1  # 0.04 s
     assert got[f"{ttft}_bucket", (("le", "2.5"),)] == 1
@@ -51,21 +51,25 @@ def test_requests_by_route_and_status_with_label_escaping() -> None:
     metrics.count_request("/v1/chat/completions", 200)
     metrics.count_request("/v1/chat/completions", 200)
     metrics.count_request('/odd"\\path', 404)
-    got = samples(metrics.exposition(None))
+    got = samples(metrics.exposition({}))
     assert got["igllama_requests_total", (("endpoint", "/v1/chat/completions"), ("status", "200"))] == 2
     assert got["igllama_requests_total", (("endpoint", '/odd"\\path'), ("status", "404"))] == 1
 
 
-def test_gauges_come_from_the_engine_snapshot_and_only_once_loaded() -> None:
+def test_gauges_come_from_each_loaded_models_snapshot() -> None:
     metrics = Metrics()
-    assert "igllama_requests_running" not in families(metrics.exposition(None))
+    assert "igllama_requests_running" not in families(metrics.exposition({}))
+    assert samples(metrics.exposition({}))["igllama_models_loaded", ()] == 0
     stats = EngineStats(
         decode_steps=42, running=1, queued=3, kv_cells_used=700, kv_cells_total=4096, prompt_cache_bytes=1 << 20,
         slots=(SlotStats(0, 500, task_id=9, status="decoding"), SlotStats(1, 200)),
     )
-    got = samples(metrics.exposition(stats))
-    assert got["igllama_decode_steps_total", ()] == 42
-    assert got["igllama_requests_running", ()] == 1 and got["igllama_requests_queued", ()] == 3
-    assert got["igllama_slots_busy", ()] == 1 and got["igllama_slots_total", ()] == 2
-    assert got["igllama_kv_cells_used", ()] == 700 and got["igllama_kv_cells_total", ()] == 4096
-    assert got["igllama_prompt_cache_bytes", ()] == 1 << 20
+    got = samples(metrics.exposition({"a": stats, "b": EngineStats(kv_cells_total=1024)}))
+    a, b = (("model", "a"),), (("model", "b"),)
+    assert got["igllama_models_loaded", ()] == 2
+    assert got["igllama_decode_steps_total", a] == 42 and got["igllama_decode_steps_total", b] == 0
+    assert got["igllama_requests_running", a] == 1 and got["igllama_requests_queued", a] == 3
+    assert got["igllama_slots_busy", a] == 1 and got["igllama_slots_total", a] == 2
+    assert got["igllama_kv_cells_used", a] == 700 and got["igllama_kv_cells_total", a] == 4096
+    assert got["igllama_kv_cells_total", b] == 1024
+    assert got["igllama_prompt_cache_bytes", a] == 1 << 20

@@ -56,7 +56,9 @@ def scrape(server: ServerProcess) -> dict[str, dict[tuple[tuple[str, str], ...],
 
 
 def value(samples: dict[str, dict[tuple[tuple[str, str], ...], float]], name: str, **labels: str) -> float:
-    return samples.get(name, {}).get(tuple(sorted(labels.items())), 0.0)
+    """The sum of `name`'s samples that carry `labels` (engine gauges also carry the model's name)."""
+    wanted = set(labels.items())
+    return sum(v for have, v in samples.get(name, {}).items() if wanted <= set(have))
 
 
 def long_prompt(n_sentences: int) -> str:

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from igllama.api import App, AppSettings, error_body
-from igllama.engine import CallDelta, Finished, TextDelta, ToolCall
+from igllama.engine import CallDelta, EngineConfig, Finished, ModelConfig, TextDelta, ToolCall
+from igllama.engine.pool import EnginePool
 from igllama.http import Server
 from tests.api.conftest import BackgroundLoop, chat, sse_chunks
 from tests.api.test_tools import WEATHER
@@ -51,6 +52,7 @@ class ScriptedEngine:
     """What `App` uses of an `Engine`, replaying `events` for every choice."""
 
     model = SimpleNamespace(n_vocab=1000)
+    config = EngineConfig(ModelConfig("scripted.gguf"))
 
     def __init__(self) -> None:
         self.events: list[Any] = []
@@ -66,7 +68,7 @@ class ScriptedEngine:
 def scripted(background_loop: BackgroundLoop) -> Iterator[tuple[str, ScriptedEngine]]:
     engine = ScriptedEngine()
     app = App(AppSettings("scripted"))
-    app.set_engine(engine)  # type: ignore[arg-type]
+    app.set_pool(EnginePool.of("scripted", engine))  # type: ignore[arg-type]
     server = background_loop.run(Server.start(app.router, "127.0.0.1", 0, error_body=error_body))
     yield f"http://127.0.0.1:{server.port}", engine
     background_loop.run(server.close(1.0))

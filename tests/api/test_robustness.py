@@ -20,6 +20,7 @@ import requests
 
 from igllama.api import App, AppSettings, error_body
 from igllama.engine import Engine, EngineConfig, ModelConfig
+from igllama.engine.pool import EnginePool
 from igllama.engine.speculation import SpecConfig
 from igllama.http import Server
 from tests.api.conftest import (
@@ -45,7 +46,7 @@ class Served:
         self.loop = loop
         self.engine = engine
         self.app = App(AppSettings("robust", max_tokens=2048, temperature=0.0))
-        self.app.set_engine(engine)
+        self.app.set_pool(EnginePool.of("robust", engine))
         self.server = loop.run(Server.start(self.app.router, "127.0.0.1", 0, error_body=error_body))
 
     @property

@@ -17,7 +17,7 @@ from igllama.api.fields import parse_json
 from igllama.api.openai import chat_replies as responses
 from igllama.api.openai.chat_requests import ChatCall, parse_chat, parse_embeddings
 from igllama.api.tools import StreamedCalls, reply_calls
-from igllama.engine import EngineError, Finished, GenerationStream, TextDelta
+from igllama.engine import Engine, EngineError, Finished, GenerationStream, TextDelta
 from igllama.http import EventStream, Request, Response
 
 if TYPE_CHECKING:
@@ -36,16 +36,24 @@ def stream_error(error: APIError) -> list[bytes]:
 
 
 async def list_models(app: App, request: Request) -> Response:
-    return Response.json(200, responses.models(app.settings.model_id, app.created))
+    return Response.json(200, responses.models(app.listing(), app.created))
 
 async def chat_completions(app: App, request: Request) -> Response | EventStream:
-    engine = app.engine_or_503()
     started = time.perf_counter()
     call = parse_chat(parse_json(request.body), app.defaults)
-    try:
-        streams = await engine.submit_choices(call.request, call.n)
-    except EngineError as exc:
-        raise from_engine(exc, "messages") from None
+
+    async def start(engine: Engine) -> Response | EventStream:
+        try:
+            streams = await engine.submit_choices(call.request, call.n)
+        except EngineError as exc:
+            raise from_engine(exc, "messages") from None
+        return await _reply(app, request, call, streams, started)
+
+    return await app.run(request, call.model, call.stream, start, stream_error)
+
+
+async def _reply(app: App, request: Request, call: ChatCall, streams: list[GenerationStream], started: float
+                 ) -> Response | EventStream:
     model = call.model or app.settings.model_id
     if call.stream:
         outcome = Outcome()
@@ -93,9 +101,9 @@ async def _chunks(streams: list[GenerationStream], call: ChatCall, model: str, o
 
 
 async def embeddings(app: App, request: Request) -> Response:
-    engine = app.engine_or_503()
     started = time.perf_counter()
     call = parse_embeddings(parse_json(request.body))
+    engine = await app.engine(call.model)
     try:
         result = await engine.embed(call.inputs)
     except EngineError as exc:

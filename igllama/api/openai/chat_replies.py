@@ -9,11 +9,14 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from igllama.engine import EmbeddingResult, Finished, Progress, TokenLogprob
+
+if TYPE_CHECKING:
+    from igllama.api.app import Listed
 
 
 def completion_id() -> str:
@@ -162,11 +165,16 @@ def embeddings(result: EmbeddingResult, model: str, as_base64: bool) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def models(model_id: str, created: int) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [{"id": model_id, "object": "model", "created": created, "owned_by": "igllama"}],
-    }
+def models(listed: list[Listed], created: int) -> dict[str, Any]:
+    """OpenAI's model list, with each model's state as llama-server's router reports it."""
+    data = []
+    for model in listed:
+        status: dict[str, Any] = {"value": model.state}
+        if model.error is not None:
+            status["error"] = model.error
+        data.append({"id": model.name, "object": "model", "created": created, "owned_by": "igllama",
+                     "aliases": list(model.aliases), "status": status})
+    return {"object": "list", "data": data}
 
 
 def now() -> int:

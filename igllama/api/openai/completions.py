@@ -32,6 +32,7 @@ from igllama.api.openai import chat_replies as responses
 from igllama.api.openai.chat import stream_error
 from igllama.engine import (
     CompletionRequest,
+    Engine,
     EngineError,
     ExtraFile,
     Finished,
@@ -121,9 +122,14 @@ def _prompts(raw: Any) -> list[str | list[int]]:
 
 
 async def completions(app: App, request: Request) -> Response | EventStream:
-    engine = app.engine_or_503()
     started = time.perf_counter()
     call = parse_completion(parse_json(request.body), app)
+    return await app.run(request, call.model, call.stream,
+                         lambda engine: _complete(app, request, call, started, engine), stream_error)
+
+
+async def _complete(app: App, request: Request, call: TextCall, started: float, engine: Engine
+                    ) -> Response | EventStream:
     streams: list[GenerationStream] = []
     echoes: list[str] = []
     try:
@@ -227,7 +233,6 @@ async def _chunks(streams: list[GenerationStream], echoes: list[str], call: Text
 
 async def infill(app: App, request: Request) -> Response | EventStream:
     """llama-server's fill-in-the-middle endpoint, in its own (`/completion`) shape."""
-    engine = app.engine_or_503()
     started = time.perf_counter()
     data = parse_json(request.body)
     prefix, suffix = _text(data, "input_prefix"), _text(data, "input_suffix")
@@ -241,13 +246,23 @@ async def infill(app: App, request: Request) -> Response | EventStream:
         cache_prompt=boolean(data, "cache_prompt", True),
         split_reasoning=False,
     )
-    try:
-        tokens = engine.infill_prompt(prefix, suffix, extra)
-        streams = await engine.submit_choices(replace(base, prompt=tuple(tokens)), 1)
-    except EngineError as exc:
-        raise from_engine(exc, "input_suffix") from None
+    stream = boolean(data, "stream", False)
+
+    async def start(engine: Engine) -> Response | EventStream:
+        try:
+            tokens = engine.infill_prompt(prefix, suffix, extra)
+            streams = await engine.submit_choices(replace(base, prompt=tuple(tokens)), 1)
+        except EngineError as exc:
+            raise from_engine(exc, "input_suffix") from None
+        return await _infilled(app, request, data, stream, streams, started)
+
+    return await app.run(request, model_name(data), stream, start, lambda error: [error.body])
+
+
+async def _infilled(app: App, request: Request, data: dict[str, Any], stream: bool,
+                    streams: list[GenerationStream], started: float) -> Response | EventStream:
     model = model_name(data) or app.settings.model_id
-    if boolean(data, "stream", False):
+    if stream:
         outcome = Outcome()
         frames = _infill_frames(streams, model, outcome)
         return EventStream(app.guard_stream(request, streams, started, "input_suffix", frames,

@@ -27,6 +27,7 @@ from igllama.api.tools import call_id, parse_tools
 from igllama.engine import (
     ChatMessage,
     CompletionRequest,
+    Engine,
     EngineError,
     Finished,
     GenerationStream,
@@ -251,13 +252,22 @@ def _remember(store: ResponseStore, call: ResponsesCall, text: str, calls: tuple
 
 
 async def create(app: App, store: ResponseStore, request: Request) -> Response | EventStream:
-    engine = app.engine_or_503()
     started = time.perf_counter()
     call = parse_responses(parse_json(request.body), app, store)
-    try:
-        streams = await engine.submit_choices(call.request, 1)
-    except EngineError as exc:
-        raise from_engine(exc, "input") from None
+
+    async def start(engine: Engine) -> Response | EventStream:
+        try:
+            streams = await engine.submit_choices(call.request, 1)
+        except EngineError as exc:
+            raise from_engine(exc, "input") from None
+        return await _respond(app, store, request, call, streams, started)
+
+    return await app.run(request, call.echo["model"], call.stream, start, _stream_error,
+                         framed=False)
+
+
+async def _respond(app: App, store: ResponseStore, request: Request, call: ResponsesCall,
+                   streams: list[GenerationStream], started: float) -> Response | EventStream:
     created = int(time.time())
     if call.stream:
         outcome = Outcome()
