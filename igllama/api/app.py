@@ -9,6 +9,7 @@ errors in the dialect's shape, the whole-reply and streaming paths.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -227,6 +228,9 @@ class App:
             for frame in error_frames(error):
                 yield frame
             return
+        except asyncio.CancelledError:  # the client went away while the model loaded (the load goes on)
+            self.log_access(request, 499, started, None)
+            raise
         if not isinstance(result, EventStream):  # (`start` streams what was asked to stream)
             raise TypeError("a streamed request's handler answered without a stream")
         frames = result.events

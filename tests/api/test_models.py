@@ -64,7 +64,7 @@ def serving(models_dir: Path, tmp_path_factory: pytest.TempPathFactory, *flags: 
 
 @pytest.fixture(scope="module")
 def many(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with serving(models_dir, tmp_path_factory, "--sse-ping", "0.05") as server:
+    with serving(models_dir, tmp_path_factory, "--metrics") as server:
         yield server
 
 
@@ -110,6 +110,12 @@ def test_two_models_answer_alternately_each_in_its_own_voice(many: ServerProcess
     assert props["default_generation_settings"]["n_ctx"] == 1024
     props = requests.get(f"{many.url}/props", params={"model": DEMO}, timeout=TIMEOUT).json()
     assert props["default_generation_settings"]["n_ctx"] == 2048
+    slots = requests.get(f"{many.url}/slots", params={"model": SMOL}, timeout=TIMEOUT).json()
+    assert len(slots) == 2 and all(slot["n_ctx"] == 1024 for slot in slots)
+    # Each loaded model's engine gauges, labelled with its name.
+    metrics = requests.get(f"{many.url}/metrics", timeout=TIMEOUT).text
+    assert f'igllama_kv_cells_total{{model="{SMOL}"}} 1024' in metrics
+    assert f'igllama_kv_cells_total{{model="{DEMO}"}} 2048' in metrics
 
 
 def test_two_models_generating_at_once_do_not_change_each_others_replies(many: ServerProcess) -> None:
