@@ -341,3 +341,26 @@ def test_a_refused_chat_request_asks_for_the_key_and_then_sends_it(key_server: S
     page.press("#key", "Enter")
     expect(page.locator("article.assistant .meta")).to_have_text(re.compile(r"tokens/s"))
     expect(page.locator("article.user")).to_have_count(1)
+
+
+def test_with_several_models_the_picker_says_which_must_load_and_a_reply_loads_it(
+    model_path: str, page: Page, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from tests.models import SMOLLM2
+
+    folder = tmp_path_factory.mktemp("chat-page-models")
+    (folder / "gemma-demo.gguf").symlink_to(model_path)
+    (folder / "smollm2.gguf").symlink_to(SMOLLM2.path())
+    server = start_process(["--models-dir", str(folder), "-c", "1024", "-np", "1", "-n", "8", "--temp", "0",
+                            *ONE_THREAD], folder / "stderr.log")
+    try:
+        page.goto(server.url)
+        options = page.locator("#model option")
+        expect(options).to_have_text(["gemma-demo (unloaded)", "smollm2 (unloaded)"])
+        page.select_option("#model", "smollm2")
+        send(page, "Hi")
+        expect(page.locator("#send")).to_be_enabled()  # the reply is over
+        expect(page.locator("article.assistant .meta")).to_have_text(re.compile(r"^\d+ tokens · "))  # answered
+        expect(options).to_have_text(["gemma-demo (unloaded)", "smollm2"])  # the list was refreshed
+    finally:
+        server.stop()
