@@ -257,7 +257,10 @@ class EnginePool:
             for model in self.loaded():
                 if not model.in_use and now - model.idle_since >= self.idle_unload:
                     log.info("unloading model %s: idle for %.0f s", model.name, now - model.idle_since)
-                    await self._unload(model)
+                    try:
+                        await self._unload(model)
+                    except Exception:  # (logged; the reaper goes on with the other models)
+                        log.exception("unloading model %s failed", model.name)
 
     def abort(self, error: EngineError) -> None:
         """End every request in flight, on every model (the end of a shutdown's drain)."""
