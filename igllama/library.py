@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from igllama.api import App, AppSettings, error_body
 from igllama.catalog import CatalogModel, scan
@@ -38,6 +38,7 @@ from igllama.http import Limits, tls_context
 from igllama.http import Server as HTTPServer
 
 log = logging.getLogger("igllama")
+T = TypeVar("T")
 
 # After the shutdown timeout, how long the error frames of ended requests may take to go out.
 _LAST_FRAMES_SECONDS = 2.0
@@ -60,11 +61,14 @@ def server_config(model: str | Path | None, **settings: Any) -> ServerConfig:
 def engine_config(config: ServerConfig, model: CatalogModel | None = None) -> EngineConfig:
     """The engine's part of a server's settings, for `model` (its models.toml settings
     over the server's) or the server's one model."""
-    path = model.path if model is not None else config.model
-    ctx_size = model.ctx_size if model is not None and model.ctx_size is not None else config.ctx_size
-    parallel = model.parallel if model is not None and model.parallel is not None else config.parallel
-    template = model.chat_template if model is not None and model.chat_template is not None else config.chat_template
-    no_think = model.no_think if model is not None and model.no_think is not None else config.no_think
+    own = model if model is not None else CatalogModel(config.model, config.model)  # (no overrides)
+
+    def pick(value: T | None, default: T) -> T:
+        return default if value is None else value
+
+    path = own.path
+    ctx_size, parallel = pick(own.ctx_size, config.ctx_size), pick(own.parallel, config.parallel)
+    template, no_think = pick(own.chat_template, config.chat_template), pick(own.no_think, config.no_think)
     return EngineConfig(
         model=ModelConfig(path, n_gpu_layers=config.gpu_layers, mlock=config.mlock, repack=config.repack),
         n_ctx=ctx_size,

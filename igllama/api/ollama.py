@@ -326,8 +326,8 @@ async def running(app: App, request: Request) -> Response:
 
 async def show(app: App, request: Request) -> Response:
     data = parse_json(request.body) if request.body else {}
-    # (older clients send the model as `name`)
-    engine = await app.engine(model_name(data) or model_name({"model": data.get("name")}))  # (loads it: what a model can do is read from the loaded file)
+    requested = model_name(data) or model_name({"model": data.get("name")})  # (older clients send `name`)
+    engine = await app.engine(requested)  # (loads it: what a model can do is read from the loaded file)
     model = engine.model
     facts = model.describe()
     capabilities = ["completion"]

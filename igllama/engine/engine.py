@@ -173,6 +173,9 @@ class Engine:
 
     def _ended(self, stream: GenerationStream) -> None:
         self._streams.discard(stream)
+        self._note_idle()
+
+    def _note_idle(self) -> None:
         if not self.busy:
             self.idle_since = time.monotonic()
 
@@ -210,8 +213,7 @@ class Engine:
             return await self._start_choices(request, n)
         finally:
             self._starting -= 1
-            if not self.busy:
-                self.idle_since = time.monotonic()
+            self._note_idle()
 
     async def _start_choices(self, request: CompletionRequest, n: int) -> list[GenerationStream]:
         loop = self._bind_loop()
@@ -351,8 +353,7 @@ class Engine:
             return await self._embed(inputs)
         finally:
             self._starting -= 1
-            if not self.busy:
-                self.idle_since = time.monotonic()
+            self._note_idle()
 
     async def _embed(self, inputs: list[str | list[int]]) -> EmbeddingResult:
         loop = self._bind_loop()

@@ -91,7 +91,7 @@ class EngineThread:
             while self._wait():
                 for worker in list(self._workers):
                     # (an idle worker is skipped: its run would still publish stats and wake the loop)
-                    if worker.has_work and not worker.run_once(block=False):
+                    if worker.has_work and not worker.run_once():
                         self._workers.remove(worker)
                         worker.stopped.set()
         except BaseException as exc:  # the last line of defence: say so, fail everyone

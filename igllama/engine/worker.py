@@ -117,13 +117,10 @@ class Worker:
         finally:
             runner.remove(seq_id, 0)
 
-    def run_once(self, block: bool = True) -> bool:
-        """Apply the queued commands (waiting for one when idle and `block`),
-        then run one step; False once asked to stop."""
-        idle = not (self.scheduler.has_work or self._embed_jobs)
-        if idle:
-            self.busy_since = None
-        if not self._take_commands(block=idle and block):
+    def run_once(self) -> bool:
+        """Apply the queued commands, then run one step; False once asked to stop.
+        (The engine thread calls it when `has_work`: it never waits.)"""
+        if not self._take_commands():
             return False
         self.busy_since = time.monotonic()
         try:
@@ -147,13 +144,13 @@ class Worker:
 
     # -- commands
 
-    def _take_commands(self, block: bool) -> bool:
+    def _take_commands(self) -> bool:
         """Apply queued commands; returns False when asked to stop."""
-        try:
-            command, payload = self.inbox.get(block=block)
-        except queue.Empty:
-            return True
         while True:
+            try:
+                command, payload = self.inbox.get_nowait()
+            except queue.Empty:
+                return True
             if command == "stop":  # payload: the error requests still here end with, or None
                 self._fail_all(payload or EngineUnavailable("the server stopped"))
                 self._flush()
@@ -164,10 +161,6 @@ class Worker:
                 log.exception("engine command %r failed", command)
                 if isinstance(payload, Sequence):
                     self._fail(payload, EngineFailure(f"the engine failed to {command} this request: {exc}"))
-            try:
-                command, payload = self.inbox.get_nowait()
-            except queue.Empty:
-                return True
 
     def _apply(self, command: str, payload: Any) -> None:
         if command == "submit":

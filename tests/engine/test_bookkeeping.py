@@ -184,7 +184,7 @@ def serve_alone(worker: Worker, memory: FakeMemory, clients: list[Client], seq: 
     """Submit `seq` and step until nothing is left; its last event."""
     worker.inbox.put(("submit", seq))
     while worker.scheduler.has_work or not worker.inbox.empty():
-        worker.run_once(block=False)
+        worker.run_once()
         check_invariants(worker, memory, clients)
     return clients[seq.id].events[-1]
 
@@ -261,14 +261,14 @@ def test_random_interleavings_keep_every_request_accounted_for(seed: int) -> Non
             client = rng.choice(clients)  # waiting, running, finished or already cancelled
             client.cancelled = True
             worker.inbox.put(("cancel", client.seq))
-        assert worker.run_once(block=False)
+        assert worker.run_once()
         check_invariants(worker, memory, clients)
     # Then no more cancels or failures: every request left must end by itself.
     memory.fail_rate = 0.0
     for _ in range(2000):
         if not worker.scheduler.has_work and worker.inbox.empty():
             break
-        worker.run_once(block=False)
+        worker.run_once()
         check_invariants(worker, memory, clients)
     assert not worker.scheduler.has_work, "requests still queued or running after every one could have ended"
     for client in clients:
@@ -311,7 +311,7 @@ def test_the_choices_of_one_prompt_share_its_prefill() -> None:
         worker.inbox.put(("submit", seq))
     fed = []
     while worker.scheduler.has_work or not worker.inbox.empty():
-        worker.run_once(block=False)
+        worker.run_once()
         fed.append(len(memory.batch))
         check_invariants(worker, memory, clients)
     ends = [client.events[-1] for client in clients]
