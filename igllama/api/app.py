@@ -33,6 +33,7 @@ log = logging.getLogger("igllama.api")
 AsyncHandler = Callable[[Request], Awaitable[Response | EventStream]]
 
 HEALTH_OK = Response.json(200, {"status": "ok", "model": "loaded"})
+HEALTH_UP = Response.json(200, {"status": "ok"})  # several models, asked without the API key
 _RETRY = ((b"Retry-After", str(RETRY_AFTER).encode()),)
 
 
@@ -103,7 +104,11 @@ class App:
         """Plain function: the HTTP layer calls it inline, the cheap path orchestrators poll.
 
         One model: its health (503 while it loads). Several: 200 while the server is
-        up; `?model=NAME` asks about one of them."""
+        up; `?model=NAME` asks about one of them.
+
+        The route is open, so with `--api-key` a caller without the key learns only
+        whether the server is healthy: the same status code, but `?model=` is ignored
+        and no model's name, count or error is told (a 404 would list the catalog)."""
         if self.draining:
             return Response.json(503, {"status": "draining"}, headers=_RETRY)
         pool = self.pool
@@ -111,14 +116,27 @@ class App:
             return Response.json(
                 503, {"status": "loading", "model": "loading", "progress": round(self.load_progress, 3)}
             )
-        requested = query_value(request.query, "model")
+        detailed = self.has_key(request)
+        requested = query_value(request.query, "model") if detailed else None
         if requested is None and not pool.single:
+            if not detailed:
+                return HEALTH_UP
             return Response.json(200, {"status": "ok", "models": len(pool.models), "loaded": len(pool.loaded())})
         try:
             model = pool.find(requested)
         except ModelNotFound as exc:
             return Response.json(404, {"status": "not_found", "error": str(exc)})
-        return model_health(model)
+        return model_health(model, detailed)
+
+    def has_key(self, request: Request) -> bool:
+        """Whether the request carries the API key (`Authorization: Bearer`, or Anthropic's
+        `x-api-key`), compared in constant time; True when the server has none."""
+        if not self.settings.api_key:
+            return True
+        key = self.settings.api_key.encode()
+        given = (request.headers.get("authorization") or "").encode()
+        return (hmac.compare_digest(given, b"Bearer " + key)
+                or hmac.compare_digest((request.headers.get("x-api-key") or "").encode(), key))
 
     # -- what every dialect's handlers share
 
@@ -248,19 +266,15 @@ class App:
 
     def _guarded(self, path: str, handler: AsyncHandler, errors: Callable[[APIError], Response]) -> AsyncHandler:
         """API-key check (`Authorization: Bearer`, or Anthropic's `x-api-key`) and errors in shape."""
-        key = self.settings.api_key.encode() if self.settings.api_key else None
         count = self.metrics.count_request
         ping = self.settings.sse_ping
 
         async def guarded(request: Request) -> Response | EventStream:
-            if key is not None:
-                given = (request.headers.get("authorization") or "").encode()
-                if not (hmac.compare_digest(given, b"Bearer " + key)
-                        or hmac.compare_digest((request.headers.get("x-api-key") or "").encode(), key)):
-                    count(path, 401)
-                    return errors(APIError(
-                        401, "a valid API key is required: send Authorization: Bearer <key>", code="invalid_api_key"
-                    ))
+            if not self.has_key(request):
+                count(path, 401)
+                return errors(APIError(
+                    401, "a valid API key is required: send Authorization: Bearer <key>", code="invalid_api_key"
+                ))
             try:
                 result = await handler(request)
             except APIError as exc:
@@ -292,17 +306,20 @@ class App:
         )
 
 
-def model_health(model: PooledModel) -> Response:
+def model_health(model: PooledModel, detailed: bool = True) -> Response:
     """One model's /health: 200 when it serves (or can be loaded on demand), 503 while it
-    loads or when its engine stopped, 500 when it failed to load."""
+    loads or when its engine stopped, 500 when it failed to load. Not `detailed`: without
+    the reason, which may name the model's file."""
     state = model.state
     if state is ModelState.LOADING:
         return Response.json(503, {"status": "loading", "model": "loading", "progress": round(model.progress, 3)})
     if state is ModelState.FAILED:
-        return Response.json(500, {"status": "error", "model": "failed", "error": model.error})
+        reason = {"error": model.error} if detailed else {}
+        return Response.json(500, {"status": "error", "model": "failed", **reason})
     if state is ModelState.LOADED and model.engine is not None:
         problem = model.engine.health()
         if problem is not None:
-            return Response.json(503, {"status": "error", "model": "failed", "error": problem})
+            reason = {"error": problem} if detailed else {}
+            return Response.json(503, {"status": "error", "model": "failed", **reason})
         return HEALTH_OK
     return Response.json(200, {"status": "ok", "model": state.value})

@@ -4,6 +4,9 @@ The page (`static/chat.html`) is one self-contained file: inline CSS and
 JavaScript, no build step, nothing fetched from elsewhere. It talks to the
 API like any other client (`/v1/models`, streamed `/v1/chat/completions`),
 so it needs no key to load; the calls it makes do, and it asks for one.
+`?api=URL` points it at a server on another origin, but only once the user
+accepts that origin on the page: a link cannot send a user's messages or
+key elsewhere by itself.
 
 Ollama's clients probe `GET /` and `HEAD /` with no Accept field, and curl
 sends `Accept: */*`: both keep getting Ollama's plain answer. Only a request

@@ -305,8 +305,14 @@ def test_with_an_api_key_the_page_asks_for_it_across_origins(key_server: ServerP
     page.on("request", lambda request: authorizations.append(request.headers.get("authorization"))
             if "/v1/" in request.url else None)
     # localhost and 127.0.0.1 are different origins: every API call is a CORS request with a preflight.
-    page.goto(f"http://localhost:{key_server.port}/?api=http://127.0.0.1:{key_server.port}")
+    elsewhere = f"http://127.0.0.1:{key_server.port}"
+    page.goto(f"http://localhost:{key_server.port}/?api={elsewhere}", wait_until="networkidle")
     form = page.locator("#key-form")
+    expect(page.locator("#origin-form")).to_contain_text(elsewhere)  # nothing asked, nothing sent yet
+    expect(form).to_be_hidden()
+    assert authorizations == []
+    page.get_by_role("button", name=f"Use {elsewhere}").click()
+    expect(page.locator("#origin-form")).to_be_hidden()
     expect(form).to_be_visible()
     expect(page.locator("#model option")).to_have_count(0)
 
@@ -322,10 +328,51 @@ def test_with_an_api_key_the_page_asks_for_it_across_origins(key_server: ServerP
     expect(page.locator("article.assistant .meta")).to_have_text(re.compile(r"^\d+ tokens · \d+\.\d tokens/s"))
     assert f"Bearer {KEY}" in authorizations and "Bearer wrong" in authorizations
 
-    page.reload()  # the key is remembered
+    page.reload()  # the key is remembered, and so is the other server
     expect(page.locator("#model option")).to_have_count(1)
     expect(form).to_be_hidden()
+    expect(page.locator("#origin-form")).to_be_hidden()
     expect(page.locator("article.assistant")).to_have_count(1)
+
+
+def test_a_link_to_another_origin_is_followed_only_once_the_user_accepts_it(
+    chat_server: ServerProcess, page: Page,
+) -> None:
+    elsewhere = "http://elsewhere.test"
+    asked: list[str] = []
+
+    def other_server(route: Route) -> None:
+        asked.append(route.request.url)
+        route.fulfill(status=200, content_type="application/json", headers={"Access-Control-Allow-Origin": "*"},
+                      body=json.dumps({"object": "list", "data": [{"id": "remote-model", "object": "model"}]}))
+
+    page.context.route(f"{elsewhere}/**", other_server)
+    link = f"{chat_server.url}/?api={elsewhere}"
+    served = requests.get(f"{chat_server.base_url}/models", timeout=TIMEOUT).json()["data"][0]["id"]
+    notice = page.locator("#origin-form")
+    options = page.locator("#model option")
+
+    # Declined: the page stays on the server that served it, and the other one hears nothing.
+    page.goto(link, wait_until="networkidle")
+    expect(notice).to_contain_text(elsewhere)
+    expect(options).to_have_count(0)
+    send(page, "Hi")  # not sent anywhere while the question is open
+    expect(page.locator("article")).to_have_count(0)
+    page.get_by_role("button", name=f"Stay on {chat_server.url}").click()
+    expect(options).to_have_text([served])
+    assert page.url == f"{chat_server.url}/"
+    expect(notice).to_be_hidden()
+
+    # Asked again on the next visit; accepted, the page uses the other server from then on.
+    page.goto(link, wait_until="networkidle")
+    expect(notice).to_be_visible()
+    assert asked == []
+    page.get_by_role("button", name=f"Use {elsewhere}").click()
+    expect(options).to_have_text(["remote-model"])
+    assert asked == [f"{elsewhere}/v1/models"]
+    page.reload()
+    expect(options).to_have_text(["remote-model"])
+    expect(notice).to_be_hidden()
 
 
 def test_a_refused_chat_request_asks_for_the_key_and_then_sends_it(key_server: ServerProcess, page: Page) -> None:

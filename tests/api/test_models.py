@@ -151,6 +151,34 @@ def test_a_broken_model_fails_its_requests_and_nothing_else(many: ServerProcess)
     assert reply(many, SMOL)["choices"][0]["message"]["content"]
 
 
+def test_with_an_api_key_health_names_no_model_to_a_caller_without_it(
+    models_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    key = "sk-catalog-5b1e"
+    with serving(models_dir, tmp_path_factory, "--api-key", key) as server:
+        bearer = {"Authorization": f"Bearer {key}"}
+        assert chat(server.url, {**user("Hi"), "model": DEMO}, headers=bearer).status_code == 200
+        error_of(chat(server.url, {**user("Hi"), "model": BROKEN}, headers=bearer), 500)
+        health = f"{server.url}/health"
+        # Without the key: up or not, and nothing else; whether a name exists is not told either.
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"x-api-key": key + "x"}, {"Authorization": key}):
+            for model in (None, "nope", DEMO, SMOL, BROKEN):
+                response = requests.get(health, params={"model": model}, headers=headers, timeout=TIMEOUT)
+                assert (response.status_code, response.json()) == (200, {"status": "ok"}), (headers, model)
+        # With it, the details as before: the counts, each model's state, the names of the served ones.
+        assert requests.get(health, headers=bearer, timeout=TIMEOUT).json() == {
+            "status": "ok", "models": 3, "loaded": 1}
+        assert requests.get(health, params={"model": DEMO}, headers=bearer, timeout=TIMEOUT).json() == {
+            "status": "ok", "model": "loaded"}
+        assert requests.get(health, params={"model": SMOL}, headers={"x-api-key": key}, timeout=TIMEOUT).json() == {
+            "status": "ok", "model": "unloaded"}
+        failed = requests.get(health, params={"model": BROKEN}, headers=bearer, timeout=TIMEOUT)
+        assert failed.status_code == 500 and failed.json()["error"]
+        unknown = requests.get(health, params={"model": "nope"}, headers=bearer, timeout=TIMEOUT)
+        assert unknown.status_code == 404
+        assert all(name in unknown.json()["error"] for name in (DEMO, SMOL, BROKEN))
+
+
 def test_a_stream_for_a_model_being_loaded_gets_pings_then_its_reply(
     models_dir: Path, tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
