@@ -34,6 +34,7 @@ class ServerConfig:
     mlock: bool = False
     repack: bool = False
     no_think: bool = False
+    special_in_content: bool = False  # control-token text in messages parsed as control tokens
     temp: float = 0.7
     parallel: int = 4
     batch_size: int = 512
@@ -139,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--repack", action="store_true",
                      help="repacked weight layouts: faster long batches (drafts), replies depend on the batch")
     api.add_argument("--no-think", action="store_true", help="suppress <think> reasoning blocks (Qwen3-style models)")
+    api.add_argument("--special-in-content", action="store_true",
+                     help="parse control-token text in clients' messages as control tokens, as llama-server does "
+                          "(default: only the chat template makes them)")
     api.add_argument("--temp", type=_temperature, default=0.7, help="default sampling temperature (default 0.7)")
     api.add_argument("-np", "--parallel", type=_positive, default=4, help="requests generated at once, each in its slot (default 4)")
     api.add_argument("-b", "--batch-size", type=_positive, default=512, help="most tokens per decode (default 512)")
@@ -220,7 +224,8 @@ def parse_config(argv: list[str]) -> ServerConfig:
         host=args.host, port=args.port, ctx_size=args.ctx_size, max_tokens=args.max_tokens,
         gpu_layers=args.gpu_layers, threads=args.threads, threads_batch=args.threads_batch, mlock=args.mlock,
         repack=args.repack,
-        no_think=args.no_think, temp=args.temp, parallel=args.parallel, batch_size=args.batch_size,
+        no_think=args.no_think, special_in_content=args.special_in_content, temp=args.temp,
+        parallel=args.parallel, batch_size=args.batch_size,
         cache_ram=args.cache_ram,
         api_key=args.api_key, alias=args.alias, chat_template=args.chat_template, verbose=args.verbose,
         max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout, reasoning_format=args.reasoning_format,

@@ -81,6 +81,7 @@ def engine_config(config: ServerConfig, model: CatalogModel | None = None) -> En
         cache_ram_mib=config.cache_ram,
         max_queue=config.max_queue,
         split_reasoning=config.reasoning_format != "none",
+        special_in_content=config.special_in_content,
         cache_type_k=config.cache_type_k,
         cache_type_v=config.cache_type_v,
         spec=SpecConfig(config.spec, config.spec_draft_max, config.spec_ngram_min, config.spec_ngram_max),

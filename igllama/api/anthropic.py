@@ -19,7 +19,7 @@ import orjson
 
 from igllama.api.choices import Outcome, Reply, interleave
 from igllama.api.errors import APIError, from_engine
-from igllama.api.fields import boolean, integer, model_name, number, parse_json, stop_strings
+from igllama.api.fields import boolean, integer, model_name, number, parse_body, stop_strings
 from igllama.api.output import schema_grammar
 from igllama.engine import (
     ChatMessage,
@@ -28,6 +28,7 @@ from igllama.engine import (
     EngineError,
     Finished,
     GenerationStream,
+    OutputSchema,
     SamplingParams,
     TextDelta,
     ToolCall,
@@ -211,7 +212,7 @@ def _thinking(raw: Any) -> tuple[bool | None, bool | None]:
     raise APIError(400, "thinking.type: must be 'enabled' or 'disabled'", param="thinking")
 
 
-def _output_format(data: dict[str, Any]) -> str:
+def _output_format(data: dict[str, Any]) -> str | OutputSchema:
     """Structured outputs (`output_format: {"type": "json_schema", "schema": ...}`), or
     llama-server's `grammar` (GBNF) sent through the SDK's extra_body."""
     raw = data.get("output_format")
@@ -230,7 +231,7 @@ def _output_format(data: dict[str, Any]) -> str:
 
 async def messages(app: App, request: Request) -> Response | EventStream:
     started = time.perf_counter()
-    call = parse_messages(parse_json(request.body), app)
+    call = await parse_body(request.body, lambda data: parse_messages(data, app))
 
     async def start(engine: Engine) -> Response | EventStream:
         try:
@@ -255,10 +256,10 @@ async def _reply(app: App, request: Request, call: MessagesCall, streams: list[G
 
 
 async def count_tokens(app: App, request: Request) -> Response:
-    call = parse_messages(parse_json(request.body), app, for_counting=True)
+    call = await parse_body(request.body, lambda data: parse_messages(data, app, for_counting=True))
     engine = await app.engine(call.model)
     try:
-        tokens = engine.prompt_tokens(call.request)
+        tokens = await engine.offload(engine.prompt_tokens, call.request)
     except EngineError as exc:
         raise from_engine(exc, "messages") from None
     return Response.json(200, {"input_tokens": len(tokens)})

@@ -7,9 +7,11 @@ field; the dialect decides how that error is written.
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote_plus
 
 import orjson
@@ -17,9 +19,15 @@ import orjson
 from igllama.api.errors import APIError
 from igllama.engine import SamplingParams
 
+MAX_JSON_VALUES = 1_000_000  # decoding a million small values takes ~0.2 s on this CPU
+INLINE_BODY_BYTES = 64 * 1024  # larger bodies are parsed and checked off the event loop
 MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 1024  # one stop string's length: the reply's text is held back that far while it streams
+MAX_LOGIT_BIAS = 1024  # tokens one request may bias
 MAX_CHOICES = 128  # OpenAI's bound on `n`; each choice is a request of its own in the queue
 INT32_MAX = 2**31 - 1  # llama.cpp takes top_k as int32_t: a larger value would wrap
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +41,10 @@ class Defaults:
 def parse_json(body: bytes) -> dict[str, Any]:
     if not body:
         raise APIError(400, "the request body is empty; send a JSON object")
+    # Decoding holds the GIL for as long as it runs, on any thread, and its cost grows
+    # with the number of values: bound that (by the commas, which over-count) first.
+    if len(body) > MAX_JSON_VALUES and body.count(b",") > MAX_JSON_VALUES:
+        raise APIError(400, f"the request body holds more than {MAX_JSON_VALUES} JSON values")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -40,6 +52,15 @@ def parse_json(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
     return data
+
+
+async def parse_body(body: bytes, parse: Callable[[dict[str, Any]], T]) -> T:
+    """`parse(parse_json(body))`: a dialect's validation of a request, whose cost grows with
+    the body, so a large body is parsed off the event loop (the loop keeps the GIL between
+    Python's switches, every 5 ms, while the executor thread works)."""
+    if len(body) <= INLINE_BODY_BYTES:
+        return parse(parse_json(body))
+    return await asyncio.get_running_loop().run_in_executor(None, lambda: parse(parse_json(body)))
 
 
 def max_tokens_of(data: dict[str, Any], defaults: Defaults, *names: str) -> int:
@@ -112,10 +133,11 @@ def boolean(data: dict[str, Any], name: str, default: bool, label: str | None = 
 def stop_strings(raw: Any) -> tuple[str, ...]:
     if raw is None:
         return ()
-    if isinstance(raw, str):
-        return (raw,) if raw else ()
-    if isinstance(raw, list) and all(isinstance(s, str) for s in raw) and len(raw) <= MAX_STOP_STRINGS:
-        return tuple(s for s in raw if s)
+    strings = [raw] if isinstance(raw, str) else raw
+    if isinstance(strings, list) and len(strings) <= MAX_STOP_STRINGS and all(isinstance(s, str) for s in strings):
+        if any(len(s) > MAX_STOP_CHARS for s in strings):
+            raise APIError(400, f"a stop string may have at most {MAX_STOP_CHARS} characters", param="stop")
+        return tuple(s for s in strings if s)
     raise APIError(400, f"stop must be a string or an array of at most {MAX_STOP_STRINGS} strings", param="stop")
 
 
@@ -125,6 +147,9 @@ def logit_bias(raw: Any) -> tuple[tuple[int, float], ...]:
         return ()
     if not isinstance(raw, dict):
         raise APIError(400, "logit_bias must be an object mapping token ids to numbers", param="logit_bias")
+    if len(raw) > MAX_LOGIT_BIAS:
+        raise APIError(400, f"logit_bias may bias at most {MAX_LOGIT_BIAS} tokens, not {len(raw)}",
+                       param="logit_bias")
     biases = []
     for key, value in raw.items():
         try:

@@ -24,6 +24,7 @@ from igllama.api.fields import (
     integer,
     model_name,
     number,
+    parse_body,
     parse_json,
     stop_strings,
 )
@@ -36,6 +37,7 @@ from igllama.engine import (
     EngineError,
     Finished,
     GenerationStream,
+    OutputSchema,
     SamplingParams,
     TextDelta,
     ToolCall,
@@ -97,7 +99,7 @@ def _options(data: dict[str, Any], defaults: Defaults) -> tuple[SamplingParams, 
     return sampling, max_tokens, stop_strings(options.get("stop"))
 
 
-def _format(data: dict[str, Any]) -> str:
+def _format(data: dict[str, Any]) -> str | OutputSchema:
     raw = data.get("format")
     if raw is None or raw == "":
         return ""
@@ -184,15 +186,18 @@ def _stream_error(error: APIError) -> list[bytes]:
 
 
 async def chat(app: App, request: Request) -> Response | EventStream:
-    data = parse_json(request.body)
-    sampling, max_tokens, stop = _options(data, app.defaults)
+    data, completion = await parse_body(request.body, lambda data: (data, _chat_request(data, app.defaults)))
+    return await _run(app, request, data, lambda engine: completion, "message")
+
+
+def _chat_request(data: dict[str, Any], defaults: Defaults) -> CompletionRequest:
+    sampling, max_tokens, stop = _options(data, defaults)
     tools, choice = parse_tools(data)
     no_think, split = _think(data)
-    completion = CompletionRequest(
+    return CompletionRequest(
         messages=_messages(data.get("messages")), max_tokens=max_tokens, sampling=sampling, stop=stop,
         no_think=no_think, split_reasoning=split, tools=tools, tool_choice=choice, grammar=_format(data),
     )
-    return await _run(app, request, data, lambda engine: completion, "message")
 
 
 async def generate(app: App, request: Request) -> Response | EventStream:
@@ -243,7 +248,7 @@ async def _run(app: App, request: Request, data: dict[str, Any], prepare: Callab
     stream = boolean(data, "stream", True)
 
     async def start(engine: Engine) -> Response | EventStream:
-        completion = prepare(engine)
+        completion = await engine.offload(prepare, engine)  # (it may tokenize a raw prompt)
         try:
             streams = await engine.submit_choices(completion, 1)
         except EngineError as exc:

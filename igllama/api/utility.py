@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from igllama.api.errors import APIError, from_engine
-from igllama.api.fields import boolean, is_int, model_name, parse_json, query_value
+from igllama.api.fields import boolean, is_int, model_name, parse_body, parse_json, query_value
 from igllama.api.openai.chat_requests import parse_chat
 from igllama.engine import EngineError
 from igllama.http import Request, Response
 
 if TYPE_CHECKING:
     from igllama.api.app import App
+    from igllama.engine import Engine
 
 
 def routes(app: App) -> None:
@@ -31,10 +32,17 @@ async def tokenize(app: App, request: Request) -> Response:
     if not isinstance(content, str):
         raise APIError(400, "content must be a string", param="content")
     engine = await app.engine(model_name(data))
-    tokens = engine.tokenize(content, add_special=boolean(data, "add_special", False),
-                             parse_special=boolean(data, "parse_special", True))
+    try:
+        tokens = await engine.offload(engine.tokenize, content, boolean(data, "add_special", False),
+                                      boolean(data, "parse_special", True), "content")
+    except EngineError as exc:
+        raise from_engine(exc, "content") from None
     if not boolean(data, "with_pieces", False):
         return Response.json(200, {"tokens": tokens})
+    return Response.json(200, {"tokens": await engine.offload(_pieces, engine, tokens)})
+
+
+def _pieces(engine: Engine, tokens: list[int]) -> list[dict[str, Any]]:
     pieces = []
     for token in tokens:
         raw = engine.model.token_text(token)
@@ -43,7 +51,7 @@ async def tokenize(app: App, request: Request) -> Response:
         except UnicodeDecodeError:
             piece = list(raw)  # part of a character: its bytes, as llama-server gives them
         pieces.append({"id": token, "piece": piece})
-    return Response.json(200, {"tokens": pieces})
+    return pieces
 
 
 async def detokenize(app: App, request: Request) -> Response:
@@ -52,19 +60,23 @@ async def detokenize(app: App, request: Request) -> Response:
     if not isinstance(tokens, list) or not all(is_int(t) for t in tokens):
         raise APIError(400, "tokens must be an array of token ids", param="tokens")
     engine = await app.engine(model_name(data))
+    return Response.json(200, {"content": await engine.offload(_text, engine, tokens)})
+
+
+def _text(engine: Engine, tokens: list[int]) -> str:
     bad = [t for t in tokens if not 0 <= t < engine.model.n_vocab]
     if bad:
         raise APIError(400, f"token id {bad[0]} is outside the vocabulary (0 to {engine.model.n_vocab - 1})",
                        param="tokens")
-    return Response.json(200, {"content": engine.model.detokenize(tokens)})
+    return engine.model.detokenize(tokens)
 
 
 async def apply_template(app: App, request: Request) -> Response:
     """The prompt the chat template makes of an OpenAI chat request (tools included)."""
-    call = parse_chat(parse_json(request.body), app.defaults)
+    call = await parse_body(request.body, lambda data: parse_chat(data, app.defaults))
     engine = await app.engine(call.model)
     try:
-        prompt = engine.render(call.request)
+        prompt = await engine.offload(engine.render, call.request)
     except EngineError as exc:
         raise from_engine(exc, "messages") from None
     return Response.json(200, {"prompt": prompt})

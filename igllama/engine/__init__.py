@@ -1,7 +1,7 @@
 """The engine: llama.cpp through its low-level ctypes API, many requests at once."""
 
 from igllama.engine.embeddings import EmbeddingInputError, EmbeddingResult
-from igllama.engine.engine import Engine, EngineConfig, PromptTooLongError
+from igllama.engine.engine import ChoicesError, Engine, EngineConfig
 from igllama.engine.errors import (
     CapacityError,
     EngineError,
@@ -16,9 +16,10 @@ from igllama.engine.grammar import SchemaError, json_grammar
 from igllama.engine.infill import ExtraFile, NoFimError
 from igllama.engine.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 from igllama.engine.model import ModelConfig, ModelLoadError
+from igllama.engine.prompt import PromptTooLongError, TextTooLongError
 from igllama.engine.runner import default_threads
 from igllama.engine.sampling import SamplingParams
-from igllama.engine.sequence import CompletionRequest, Finished, Progress, TextDelta
+from igllama.engine.sequence import CompletionRequest, Finished, OutputSchema, Progress, TextDelta
 from igllama.engine.stats import EngineStats, SlotStats
 from igllama.engine.stream import GenerationStream
 from igllama.engine.template import ChatMessage, TemplateError
@@ -30,6 +31,7 @@ __all__ = [
     "CallDelta",
     "CapacityError",
     "ChatMessage",
+    "ChoicesError",
     "CompletionRequest",
     "EmbeddingInputError",
     "EmbeddingResult",
@@ -48,6 +50,7 @@ __all__ = [
     "ModelLoadFailed",
     "ModelNotFound",
     "NoFimError",
+    "OutputSchema",
     "Progress",
     "PromptTooLongError",
     "SamplingParams",
@@ -56,6 +59,7 @@ __all__ = [
     "SlotStats",
     "TemplateError",
     "TextDelta",
+    "TextTooLongError",
     "TokenLogprob",
     "ToolCall",
     "ToolChoice",

@@ -69,7 +69,12 @@ class Embedder:
     def tokenize(self, inputs: list[str | list[int]]) -> list[list[int]]:
         """Tokens for each input, checked against the vocabulary and the batch size."""
         result = []
+        longest = self.n_batch * self.model.max_token_bytes  # (more characters make more tokens than a batch)
         for i, item in enumerate(inputs):
+            if len(item) > longest:
+                raise EmbeddingInputError(
+                    f"input[{i}] has {len(item)} {'characters' if isinstance(item, str) else 'tokens'}, more "
+                    f"than the {self.n_batch} tokens that fit in one batch could hold")
             tokens = self.model.tokenize(item, add_special=True) if isinstance(item, str) else list(item)
             if not tokens:
                 raise EmbeddingInputError(f"input[{i}] is empty")

@@ -1,8 +1,9 @@
 """The engine: loads a model, joins the engine thread, and serves asyncio callers.
 
 `Engine` is what the rest of the program holds, one per loaded model.
-Requests are tokenized here, on the caller's side, then handed to the
-model's `worker.Worker` on the engine thread, which owns the llama_context;
+Requests are prepared (rendered, tokenized, their grammars compiled: see
+prompt.py) on an executor thread, never on the event loop, then handed to
+the model's `worker.Worker` on the engine thread, which owns the llama_context;
 events come back on the event loop, one wake-up per step, into each
 request's `GenerationStream`.
 
@@ -20,41 +21,33 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from igllama.engine.embeddings import Embedder, EmbeddingJob, EmbeddingResult
 from igllama.engine.errors import CapacityError, EngineError, EngineUnavailable, InputError
-from igllama.engine.grammar import auto_call_grammar, forced_call_grammar
-from igllama.engine.infill import ExtraFile, check_token_ids, infill_prompt
+from igllama.engine.grammar import auto_call_grammar, forced_call_grammar, json_grammar
+from igllama.engine.infill import ExtraFile
 from igllama.engine.model import Model, ModelConfig, ModelLoadError
+from igllama.engine.prompt import Prompts
 from igllama.engine.prompt_cache import PromptCache
 from igllama.engine.runner import ContextConfig, Runner, default_threads
 from igllama.engine.sampling import Sampler, SamplingParams
 from igllama.engine.scheduler import Scheduler
-from igllama.engine.sequence import CompletionRequest, Finished, Sequence, TextDelta
+from igllama.engine.sequence import CompletionRequest, Finished, OutputSchema, Sequence, TextDelta
 from igllama.engine.speculation import DecodeCosts, Drafter, SpecConfig
 from igllama.engine.stats import EngineStats, snapshot
 from igllama.engine.stream import ChatStream, GenerationStream, Watchdog
-from igllama.engine.template import ChatMessage, TemplateError, load_template
+from igllama.engine.template import ChatMessage, load_template
 from igllama.engine.text import THINK_OPEN, ReasoningSplitter, TextPipeline
 from igllama.engine.thread import EngineThread
 from igllama.engine.tool_calls import OPEN
 from igllama.engine.worker import Worker
 
-# Prompts longer than this are rendered and tokenized off the event loop.
-_INLINE_PROMPT_CHARS = 32_768
 
+class ChoicesError(InputError):
+    """More choices (`n`) than the server could ever run and queue at once."""
 
-class PromptTooLongError(InputError):
-    """The prompt does not fit in the context."""
-
-    def __init__(self, n_prompt: int, n_ctx: int) -> None:
-        super().__init__(
-            f"the prompt has {n_prompt} tokens but the context holds {n_ctx}; "
-            "shorten the conversation or start the server with a larger --ctx-size"
-        )
-        self.n_prompt = n_prompt
-        self.n_ctx = n_ctx
+    param = "n"
 
 
 class VocabularyError(InputError):
@@ -78,6 +71,9 @@ class EngineConfig:
     cache_ram_mib: int = 512  # host RAM for idle slots' KV states; 0 drops them instead
     max_queue: int = 256  # completions waiting for a slot beyond which new ones are refused
     split_reasoning: bool = True  # a thinking model's <think> block goes to reasoning, not the answer
+    # Parse control-token text inside clients' messages as control tokens (llama-server's way); by
+    # default only the chat template makes control tokens (control_text.py).
+    special_in_content: bool = False
     spec: SpecConfig = field(default_factory=SpecConfig)  # n-gram speculation
     # An admitted request that produces nothing for this long, or an engine
     # thread that has not come round its loop for this long while it has
@@ -122,6 +118,8 @@ class Engine:
         self.n_threads = config.n_threads or default_threads()
         self.n_threads_batch = config.n_threads_batch or default_threads()
         self.n_ctx = self.runner.n_ctx
+        self.prompts = Prompts(self.model, self.template, self.n_ctx, config.special_in_content)
+        self.model.control_text  # noqa: B018 - scan the vocabulary now, while loading, not in a request
         self.scheduler = Scheduler(
             config.n_slots, self.n_ctx, self.runner.n_batch, self.model.n_swa, self.runner,
             PromptCache(config.cache_ram_mib * 1024 * 1024),
@@ -218,14 +216,46 @@ class Engine:
     async def _start_choices(self, request: CompletionRequest, n: int) -> list[GenerationStream]:
         loop = self._bind_loop()
         self._check_serving()
+        self._check_room(n)
+        # Everything whose cost grows with the request (rendering, tokenizing, converting
+        # schemas, compiling grammars) runs off the event loop, so that one large request
+        # is never felt by another client's /health; only a small plain request, a few ms
+        # of work, is prepared at once (it then joins the very next step, as requests sent
+        # together are admitted together).
+        if _is_small(request, n):
+            sequences = self._sequences(request, n)
+        else:
+            sequences = await loop.run_in_executor(None, self._sequences, request, n)
+        try:
+            self._check_serving()
+            self._check_room(n)  # (others may have taken the room meanwhile)
+        except EngineError:
+            for seq in sequences:
+                seq.sampler.close()
+            raise
+        streams = []
+        for seq in sequences:
+            stream = GenerationStream(self._inbox, self._ended)
+            stream.sequence, seq.sink = seq, stream.deliver
+            self._streams.add(stream)
+            streams.append(stream)
+            self._inbox.put(("submit", seq))
+        return streams
+
+    def _check_room(self, n: int) -> None:
+        if n > self.config.n_slots + self.config.max_queue:
+            raise ChoicesError(
+                f"n is {n}, but this server runs {self.config.n_slots} requests at a time and queues "
+                f"{self.config.max_queue} more: ask for at most {self.config.n_slots + self.config.max_queue}"
+            )
         if len(self._streams) + n > self.config.n_slots + self.config.max_queue:
             raise CapacityError(
                 f"the server is busy: {self.config.max_queue} requests are already waiting; retry later"
             )
-        if sum(len(m.content) for m in request.messages) > _INLINE_PROMPT_CHARS:
-            prompt = await loop.run_in_executor(None, self.prompt_tokens, request)
-        else:
-            prompt = self.prompt_tokens(request)
+
+    def _sequences(self, request: CompletionRequest, n: int) -> list[Sequence]:
+        """The request's `n` sequences, ready for the engine thread (run off the event loop)."""
+        prompt = self.prompt_tokens(request)
         sampling = self._sampling(request)
         for token, _ in sampling.logit_bias:
             if not 0 <= token < self.model.n_vocab:
@@ -252,14 +282,7 @@ class Engine:
             for seq in sequences:
                 seq.sampler.close()
             raise
-        streams = []
-        for seq in sequences:
-            stream = GenerationStream(self._inbox, self._ended)
-            stream.sequence, seq.sink = seq, stream.deliver
-            self._streams.add(stream)
-            streams.append(stream)
-            self._inbox.put(("submit", seq))
-        return streams
+        return sequences
 
     def _text_pipeline(self, request: CompletionRequest, prompt: list[int]) -> TextPipeline:
         return TextPipeline(
@@ -289,35 +312,27 @@ class Engine:
         return ChatStream(self.generate(CompletionRequest(turns, max_tokens, SamplingParams(**sampling), tuple(stop))))
 
     def prompt_tokens(self, request: CompletionRequest) -> list[int]:
-        """The tokenized prompt for `request`; refuses one that cannot fit."""
-        if request.prompt:
-            tokens = list(request.prompt)
-            check_token_ids(self.model, tokens)
-        else:
-            tokens = self.model.tokenize_prompt(self.render(request))
-            if not tokens:
-                raise TemplateError("the chat template rendered an empty prompt")
-        if len(tokens) >= self.n_ctx:
-            raise PromptTooLongError(len(tokens), self.n_ctx)
-        return tokens
+        """The tokenized prompt for `request`; refuses one that cannot fit (off the loop: `offload`)."""
+        return self.prompts.tokens(request, self.no_think(request))
 
     def render(self, request: CompletionRequest) -> str:
-        """The prompt text the chat template makes of the request's messages."""
-        tools = request.offered_tools
-        return self.template.render(
-            request.messages,
-            no_think=self.no_think(request),
-            tools=tools,
-            opening=request.tool_choice.forced_opening() if tools else "",
-        )
+        """The prompt text the chat template makes of the request's messages (off the loop: `offload`)."""
+        return self.prompts.render(request, self.no_think(request))
 
-    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
-        """Token ids of `text` (BOS first where the model wants one, with `add_special`)."""
-        return self.model.tokenize(text, add_special=add_special, parse_special=parse_special)
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True, param: str = "prompt"
+                 ) -> list[int]:
+        """Token ids of `text` (BOS first where the model wants one, with `add_special`); refuses
+        more text than the context could hold (off the loop: `offload`)."""
+        return self.prompts.tokenize(text, add_special, parse_special, param)
 
     def infill_prompt(self, prefix: str, suffix: str, extra: list[ExtraFile] | tuple[ExtraFile, ...] = ()) -> list[int]:
-        """Token ids asking for the code between `prefix` and `suffix` (`NoFimError` without FIM tokens)."""
-        return infill_prompt(self.model, prefix, suffix, extra)
+        """Token ids asking for the code between `prefix` and `suffix` (`NoFimError` without FIM
+        tokens; off the loop: `offload`)."""
+        return self.prompts.infill(prefix, suffix, extra)
+
+    async def offload(self, work: Callable[..., T], *args: Any) -> T:
+        """`work(*args)` on an executor thread: for whatever grows with a request's size."""
+        return await asyncio.get_running_loop().run_in_executor(None, work, *args)
 
     def _sampling(self, request: CompletionRequest) -> SamplingParams:
         """The request's sampling, with the grammar its reply follows: a forced
@@ -325,6 +340,8 @@ class Engine:
         tools, choice = request.offered_tools, request.tool_choice
         if tools and choice.forced_opening():
             return replace(request.sampling, grammar=forced_call_grammar(tools, choice))
+        if isinstance(request.grammar, OutputSchema):
+            return replace(request.sampling, grammar=json_grammar(request.grammar.schema, request.grammar.param))
         if request.grammar:
             return replace(request.sampling, grammar=request.grammar)
         if tools:  # "auto": free text, but a call the model opens must be a valid one
@@ -358,7 +375,10 @@ class Engine:
     async def _embed(self, inputs: list[str | list[int]]) -> EmbeddingResult:
         loop = self._bind_loop()
         self._check_serving()
-        tokens = self.embedder.tokenize(inputs)
+        if len(inputs) <= _INLINE_MESSAGES and sum(len(item) for item in inputs) <= _INLINE_CHARS:
+            tokens = self.embedder.tokenize(inputs)  # (a few ms at most, as for a small chat request)
+        else:
+            tokens = await loop.run_in_executor(None, self.embedder.tokenize, inputs)
         done: asyncio.Future[Any] = loop.create_future()
 
         def settle(outcome: Any) -> None:
@@ -414,3 +434,26 @@ class Engine:
             self._watchdog.stop()
             self._watchdog.start()
         return loop
+
+
+T = TypeVar("T")
+
+
+# A request prepared on the event loop itself: ~3 ms of rendering and tokenizing at most
+# (0.75 us a character for the demo model), no grammar to convert or compile.
+_INLINE_CHARS = 4096
+_INLINE_MESSAGES = 32
+_INLINE_CHOICES = 4
+
+
+def _is_small(request: CompletionRequest, n: int) -> bool:
+    if n > _INLINE_CHOICES or request.grammar or request.offered_tools:
+        return False
+    if request.prompt:
+        return len(request.prompt) <= _INLINE_CHARS
+    if len(request.messages) > _INLINE_MESSAGES:
+        return False
+    chars = 0
+    for message in request.messages:
+        chars += len(message.content) + sum(len(c.arguments) for c in message.tool_calls)
+    return chars <= _INLINE_CHARS

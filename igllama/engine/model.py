@@ -19,6 +19,7 @@ from typing import Any
 import llama_cpp.llama_cpp as llama
 
 from igllama.engine import logs
+from igllama.engine.control_text import ControlText
 from igllama.engine.tool_calls import MARKERS
 
 GGUF_MAGIC = b"GGUF"
@@ -106,8 +107,8 @@ class Model:
         self.bos_token: int = llama.llama_vocab_bos(self.vocab)
         self.bos_text = self._special_text(self.bos_token)
         self.eos_text = self._special_text(llama.llama_vocab_eos(self.vocab))
-        self._piece_buffer = ctypes.create_string_buffer(256)
         self._pieces: dict[int, bytes] = {}
+        self._vocab_facts: tuple[ControlText, int] | None = None
         self.fim = _fim_tokens(self.vocab)
         # Control tokens that mark tool calls (Llama's <|python_tag|>, Mistral's
         # [TOOL_CALLS]...), with their text: rendered for requests with tools.
@@ -160,6 +161,42 @@ class Model:
         starts_with_bos = bool(self.bos_text) and text.startswith(self.bos_text)
         return self.tokenize(text, add_special=self.add_bos and not starts_with_bos)
 
+    def tokenize_pieces(self, pieces: list[tuple[str, bool]]) -> list[int]:
+        """Tokens for a rendered prompt in pieces, (text, parse_special) each; BOS exactly once."""
+        first = pieces[0][0] if pieces else ""
+        add_bos = self.add_bos and not (bool(self.bos_text) and first.startswith(self.bos_text) and pieces[0][1])
+        if not pieces:
+            return self.tokenize("", add_special=add_bos)
+        tokens: list[int] = []
+        for i, (text, parse_special) in enumerate(pieces):
+            tokens += self.tokenize(text, add_special=add_bos and i == 0, parse_special=parse_special)
+        return tokens
+
+    @property
+    def control_text(self) -> ControlText:
+        """The text of the vocabulary's control tokens (see control_text.py)."""
+        return self._scan_vocabulary()[0]
+
+    @property
+    def max_token_bytes(self) -> int:
+        """An upper bound of any token's length in bytes: a text of n bytes makes at least
+        n / max_token_bytes tokens."""
+        return self._scan_vocabulary()[1]
+
+    def _scan_vocabulary(self) -> tuple[ControlText, int]:
+        # One pass over the vocabulary (~0.1 s for 262k tokens), on first use. A token's stored
+        # text is never shorter than its bytes (SentencePiece's "▁" is 3 bytes for a space,
+        # byte-level BPE maps a byte to a character of 1-2, byte tokens read "<0x0A>").
+        if self._vocab_facts is None:
+            control, longest = [], 1
+            for token in range(self.n_vocab):
+                text = llama.llama_vocab_get_text(self.vocab, token) or b""
+                longest = max(longest, len(text))
+                if llama.llama_vocab_get_attr(self.vocab, token) & llama.LLAMA_TOKEN_ATTR_CONTROL:
+                    control.append(text.decode("utf-8", errors="replace"))
+            self._vocab_facts = (ControlText(control), longest)
+        return self._vocab_facts
+
     def has_special_token(self, text: str) -> bool:
         """Whether `text` is one special token of the vocabulary (like Qwen3's `<think>`)."""
         return len(self.tokenize(text, add_special=False, parse_special=True)) == 1
@@ -169,7 +206,7 @@ class Model:
         cached = self._pieces.get(token)
         if cached is not None:
             return cached
-        buf = self._piece_buffer
+        buf = ctypes.create_string_buffer(64)  # (not shared: prompts are prepared on other threads)
         n = llama.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)

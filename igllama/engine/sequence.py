@@ -8,6 +8,7 @@ back, in that order.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,15 @@ if TYPE_CHECKING:
     from igllama.engine.logprobs import TokenLogprob
     from igllama.engine.sampling import Sampler
     from igllama.engine.speculation import Drafter
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSchema:
+    """Structured output given as a JSON Schema. It becomes a grammar when the request is
+    prepared, off the event loop: the conversion's cost grows with the schema."""
+
+    schema: Mapping[str, Any]
+    param: str  # the request field it came from, named by errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +52,7 @@ class CompletionRequest:
     logprobs: int | None = None
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
-    grammar: str = ""  # GBNF the reply must follow (structured output), "" for none
+    grammar: str | OutputSchema = ""  # GBNF or a schema the reply must follow (structured output), "" for none
     # Reasoning (<think>...</think>) apart from the answer; None: the server's default.
     split_reasoning: bool | None = None
     # Token ids to continue, instead of `messages` through the chat template

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from igllama.api.choices import Outcome, combined, interleave
 from igllama.api.errors import APIError, from_engine
-from igllama.api.fields import parse_json
+from igllama.api.fields import parse_body
 from igllama.api.openai import chat_replies as responses
 from igllama.api.openai.chat_requests import ChatCall, parse_chat, parse_embeddings
 from igllama.api.tools import StreamedCalls, reply_calls
@@ -40,7 +40,7 @@ async def list_models(app: App, request: Request) -> Response:
 
 async def chat_completions(app: App, request: Request) -> Response | EventStream:
     started = time.perf_counter()
-    call = parse_chat(parse_json(request.body), app.defaults)
+    call = await parse_body(request.body, lambda data: parse_chat(data, app.defaults))
 
     async def start(engine: Engine) -> Response | EventStream:
         try:
@@ -102,7 +102,7 @@ async def _chunks(streams: list[GenerationStream], call: ChatCall, model: str, o
 
 async def embeddings(app: App, request: Request) -> Response:
     started = time.perf_counter()
-    call = parse_embeddings(parse_json(request.body))
+    call = await parse_body(request.body, parse_embeddings)
     engine = await app.engine(call.model)
     try:
         result = await engine.embed(call.inputs)

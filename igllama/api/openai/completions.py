@@ -24,6 +24,7 @@ from igllama.api.fields import (
     is_int,
     max_tokens_of,
     model_name,
+    parse_body,
     parse_json,
     sampling_params,
     stop_strings,
@@ -123,7 +124,7 @@ def _prompts(raw: Any) -> list[str | list[int]]:
 
 async def completions(app: App, request: Request) -> Response | EventStream:
     started = time.perf_counter()
-    call = parse_completion(parse_json(request.body), app)
+    call = await parse_body(request.body, lambda data: parse_completion(data, app))
     return await app.run(request, call.model, call.stream,
                          lambda engine: _complete(app, request, call, started, engine), stream_error)
 
@@ -135,9 +136,9 @@ async def _complete(app: App, request: Request, call: TextCall, started: float, 
     try:
         for prompt in call.prompts:
             if call.suffix is not None:
-                tokens = engine.infill_prompt(str(prompt), call.suffix)
-            elif isinstance(prompt, str):
-                tokens = engine.tokenize(prompt, add_special=True)  # special tokens in the text parsed, as llama-server does
+                tokens = await engine.offload(engine.infill_prompt, str(prompt), call.suffix)
+            elif isinstance(prompt, str):  # special tokens in the text parsed, as llama-server does
+                tokens = await engine.offload(engine.tokenize, prompt, True)
             else:
                 tokens = prompt
             if not tokens:
@@ -250,7 +251,7 @@ async def infill(app: App, request: Request) -> Response | EventStream:
 
     async def start(engine: Engine) -> Response | EventStream:
         try:
-            tokens = engine.infill_prompt(prefix, suffix, extra)
+            tokens = await engine.offload(engine.infill_prompt, prefix, suffix, extra)
             streams = await engine.submit_choices(replace(base, prompt=tuple(tokens)), 1)
         except EngineError as exc:
             raise from_engine(exc, "input_suffix") from None

@@ -21,7 +21,7 @@ import orjson
 
 from igllama.api.choices import Outcome, interleave
 from igllama.api.errors import APIError, from_engine
-from igllama.api.fields import boolean, max_tokens_of, model_name, number, parse_json
+from igllama.api.fields import boolean, max_tokens_of, model_name, number, parse_body
 from igllama.api.output import ANY_OBJECT, schema_grammar
 from igllama.api.tools import call_id, parse_tools
 from igllama.engine import (
@@ -31,6 +31,7 @@ from igllama.engine import (
     EngineError,
     Finished,
     GenerationStream,
+    OutputSchema,
     SamplingParams,
     TextDelta,
     ToolCall,
@@ -191,7 +192,7 @@ def _tool_choice(data: dict[str, Any]) -> Any:
     return raw
 
 
-def _text_format(raw: Any) -> str:
+def _text_format(raw: Any) -> str | OutputSchema:
     if raw is None:
         return ""
     spec = raw.get("format") if isinstance(raw, dict) else None
@@ -253,7 +254,7 @@ def _remember(store: ResponseStore, call: ResponsesCall, text: str, calls: tuple
 
 async def create(app: App, store: ResponseStore, request: Request) -> Response | EventStream:
     started = time.perf_counter()
-    call = parse_responses(parse_json(request.body), app, store)
+    call = await parse_body(request.body, lambda data: parse_responses(data, app, store))
 
     async def start(engine: Engine) -> Response | EventStream:
         try:
