@@ -12,6 +12,7 @@ from igllama.engine.errors import (
     ModelNotFound,
     ShuttingDown,
 )
+from igllama.engine.gbnf_limits import GrammarLimitError
 from igllama.engine.grammar import SchemaError, json_grammar
 from igllama.engine.infill import ExtraFile, NoFimError
 from igllama.engine.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
@@ -44,6 +45,7 @@ __all__ = [
     "ExtraFile",
     "Finished",
     "GenerationStream",
+    "GrammarLimitError",
     "InputError",
     "ModelConfig",
     "ModelLoadError",

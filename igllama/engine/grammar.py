@@ -21,6 +21,7 @@ from typing import Any
 from llama_cpp.llama_grammar import SchemaConverter
 
 from igllama.engine.errors import InputError
+from igllama.engine.schema_limits import check_schema
 from igllama.engine.tool_calls import CLOSE, OPEN
 from igllama.engine.tools import AFTER_NAME, CALL_OPENING, ToolChoice, ToolSpec
 
@@ -88,6 +89,7 @@ def _converter() -> SchemaConverter:
 
 def _visit(converter: SchemaConverter, schema: Mapping[str, Any], name: str, param: str, what: str) -> str:
     """Add the rules of `schema` to `converter`; the name of its top rule."""
+    check_schema(schema, param)  # (before the converter, whose cost grows without bound)
     try:
         resolved = converter.resolve_refs(json.loads(json.dumps(dict(schema))), name)
         return str(converter.visit(resolved, name))

@@ -22,6 +22,7 @@ import llama_cpp.llama_cpp as llama
 import numpy as np
 
 from igllama.engine.errors import GrammarError
+from igllama.engine.gbnf_limits import check_gbnf
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,7 @@ class Sampler:
         self._chain = None
         self._grammar = None
         if params.grammar:
+            check_gbnf(params.grammar)  # llama.cpp's parser would crash on some (stack overflow)
             self._grammar = _grammar_sampler(vocab, params.grammar, params.grammar_triggers)
             if not self._grammar:
                 raise GrammarError("llama.cpp could not compile the grammar (GBNF, root rule `root`); "
