@@ -12,17 +12,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from igllama.version import __version__
 
 __all__ = ["ChatStream", "Engine", "Finished", "Server", "TextDelta", "__version__", "load", "serve"]
 
 if TYPE_CHECKING:
     from igllama.engine import Engine, Finished, TextDelta
     from igllama.engine.stream import ChatStream
-    from igllama.library import Server, load, serve
+    from igllama.library import Server, load
+    from igllama.run import serve
 
 _WHERE = {
-    "Server": "igllama.library", "load": "igllama.library", "serve": "igllama.library",
+    "Server": "igllama.library", "load": "igllama.library", "serve": "igllama.run",
     "Engine": "igllama.engine", "Finished": "igllama.engine", "TextDelta": "igllama.engine",
     "ChatStream": "igllama.engine.stream",
 }

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from igllama.cli import ServerConfig
+    from igllama.config import ServerConfig
 
 MODELS_TOML = "models.toml"
 TOML_KEYS = ("alias", "ctx_size", "parallel", "chat_template", "no_think")

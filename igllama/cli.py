@@ -10,59 +10,13 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from igllama import __version__
+from igllama.config import KV_CACHE_TYPES, ServerConfig
+from igllama.version import __version__
 
 EXIT_USAGE = 2
-# llama-server's KV cache types (igllama/engine/runner.py maps them; named here so --help stays light)
-KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    model: str
-    host: str = "127.0.0.1"
-    port: int = 8080
-    ctx_size: int = 4096
-    max_tokens: int = 2048
-    gpu_layers: int = 0
-    threads: int = 0  # 0: all cores
-    threads_batch: int = 0
-    mlock: bool = False
-    repack: bool = False
-    no_think: bool = False
-    special_in_content: bool = False  # control-token text in messages parsed as control tokens
-    temp: float = 0.7
-    parallel: int = 4
-    batch_size: int = 512
-    cache_ram: int = 512
-    api_key: str | None = None
-    alias: str | None = None
-    chat_template: str | None = None
-    verbose: bool = False
-    max_queue: int = 256
-    reasoning_format: str = "auto"
-    responses_store: int = 256
-    cache_type_k: str = "f16"
-    cache_type_v: str = "f16"
-    spec: bool = True  # n-gram speculation, and its tuning:
-    spec_draft_max: int = 64  # as SpecConfig's (this module does not import the engine)
-    spec_ngram_min: int = 3
-    spec_ngram_max: int = 32
-    shutdown_timeout: float = 30.0
-    ssl_cert_file: str | None = None  # both or neither: HTTPS
-    ssl_key_file: str | None = None
-    metrics: bool = False
-    slots: bool = True
-    sse_ping: float = 5.0
-    using_demo: bool = False
-    models: tuple[str, ...] = ()  # model files beyond `model` (repeated -m); `model` is "" with only a models_dir
-    models_dir: str | None = None
-    models_max: int = 0  # models loaded at once, at most; 0: no limit
-    models_idle_unload: float = 0.0  # seconds idle before a model is unloaded; 0: never
 
 
 class _Parser(argparse.ArgumentParser):
@@ -281,9 +235,9 @@ def demo_model_path() -> str:
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(sys.argv[1:] if argv is None else argv)
     _configure_logging(config.verbose)
-    from igllama.serve import serve
+    from igllama.run import run
 
-    return serve(config)
+    return run(config)
 
 
 def _configure_logging(verbose: bool) -> None:

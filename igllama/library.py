@@ -13,7 +13,7 @@ event loop, a blocking `serve`, and the engine on its own, without HTTP.
         print(delta.text, end="")
     engine.close()
 
-Settings are the fields of `igllama.cli.ServerConfig`, named as the command
+Settings are the fields of `igllama.config.ServerConfig`, named as the command
 line's long flags with underscores (`ctx_size`, `parallel`, `api_key`, ...).
 """
 
@@ -22,14 +22,13 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from igllama.api import App, AppSettings, error_body
+from igllama.api import AppSettings, create_app, error_body
 from igllama.catalog import CatalogModel, scan
-from igllama.cli import ServerConfig
+from igllama.config import ServerConfig, server_config
 from igllama.engine import Engine, EngineConfig, ModelConfig, ShuttingDown, default_threads
 from igllama.engine.model import check_gguf_file
 from igllama.engine.pool import EnginePool, ModelSpec
@@ -42,20 +41,6 @@ T = TypeVar("T")
 
 # After the shutdown timeout, how long the error frames of ended requests may take to go out.
 _LAST_FRAMES_SECONDS = 2.0
-
-
-def server_config(model: str | Path | None, **settings: Any) -> ServerConfig:
-    """A `ServerConfig` for `model` (None: only `models_dir`'s, or `models`); an unknown setting
-    is a TypeError naming it."""
-    known = {f.name for f in fields(ServerConfig)} - {"model", "using_demo"}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise TypeError(f"unknown igllama setting(s) {', '.join(unknown)}; use: {', '.join(sorted(known))}")
-    if "models" in settings:
-        settings["models"] = tuple(str(path) for path in settings["models"])
-    if model is None and not settings.get("models_dir") and not settings.get("models"):
-        raise TypeError("give a model file, or models_dir= or models= to serve several")
-    return ServerConfig(model=str(model) if model is not None else "", **settings)
 
 
 def engine_config(config: ServerConfig, model: CatalogModel | None = None) -> EngineConfig:
@@ -118,7 +103,7 @@ class Server:
         self.config = config
         self.pool = model_pool(config)
         self.model_id = self.pool.default.name
-        self.app = App(AppSettings(self.model_id, config.max_tokens, config.temp, config.api_key,
+        self.app = create_app(AppSettings(self.model_id, config.max_tokens, config.temp, config.api_key,
                                    config.responses_store, metrics=config.metrics, slots=config.slots,
                                    sse_ping=config.sse_ping))
         self._http: HTTPServer | None = None
@@ -217,10 +202,3 @@ class Server:
         if self._http is None:
             raise RuntimeError("the server is not running: await start() first")
         return self._http
-
-
-def serve(model: str | Path, **settings: Any) -> int:
-    """Serve `model` until SIGINT/SIGTERM, as `igllama api` does; returns the exit status."""
-    from igllama.serve import serve as serve_config
-
-    return serve_config(server_config(model, **settings))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from igllama.catalog import CatalogError, CatalogModel, is_multi, scan
-from igllama.cli import ServerConfig
+from igllama.config import ServerConfig
 
 
 def touch(folder: Path, *relative: str) -> list[Path]:

@@ -1,10 +1,11 @@
-"""The API on top of the engine: every dialect's routes, auth, health and the access log.
+"""What every dialect's handlers share: the models served, the API key, health,
+errors in the dialect's shape, the whole-reply and streaming paths, the access log.
 
 Data flows one way: each dialect's module (`openai`, `anthropic`, `ollama`,
 `utility`) validates a parsed HTTP request into the engine's neutral
 request, and writes the engine's events back in its own shape; the HTTP
-layer turns those into bytes. What the dialects share is here: the API key,
-errors in the dialect's shape, the whole-reply and streaming paths.
+layer turns those into bytes. Dialects add their routes to an `App`
+(igllama/api/routes.py puts them together); this module knows none of them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from igllama.api import anthropic, ollama, openai, page, slots, utility
 from igllama.api.choices import Outcome, Reply, combined, interleave
 from igllama.api.errors import RETRY_AFTER, APIError, from_engine
 from igllama.api.fields import Defaults, query_value
@@ -61,8 +61,8 @@ class AppSettings:
 
 
 class App:
-    """Serves the API for the models of an `EnginePool` (503 until `set_pool`), each
-    request on the model it names; 503 again once `drain` is called."""
+    """Serves the routes dialects `add` for the models of an `EnginePool` (503 until
+    `set_pool`), each request on the model it names; 503 again once `drain` is called."""
 
     def __init__(self, settings: AppSettings) -> None:
         self.settings = settings
@@ -75,12 +75,6 @@ class App:
         self.metrics = Metrics()
         self.router = Router()
         self.router.add("GET", "/health", self.health)
-        openai.routes(self)
-        anthropic.routes(self)
-        ollama.routes(self)
-        page.routes(self)
-        utility.routes(self)
-        slots.routes(self)
 
     def set_pool(self, pool: EnginePool) -> None:
         """Serve the pool's models (one model: once it is loaded)."""

@@ -16,6 +16,7 @@ from igllama.engine.gbnf_limits import GrammarLimitError
 from igllama.engine.grammar import SchemaError, json_grammar
 from igllama.engine.infill import ExtraFile, NoFimError
 from igllama.engine.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
+from igllama.engine.messages import ChatMessage
 from igllama.engine.model import ModelConfig, ModelLoadError
 from igllama.engine.prompt import PromptTooLongError, TextTooLongError
 from igllama.engine.runner import default_threads
@@ -23,7 +24,7 @@ from igllama.engine.sampling import SamplingParams
 from igllama.engine.sequence import CompletionRequest, Finished, OutputSchema, Progress, TextDelta
 from igllama.engine.stats import EngineStats, SlotStats
 from igllama.engine.stream import GenerationStream
-from igllama.engine.template import ChatMessage, TemplateError
+from igllama.engine.template import TemplateError
 from igllama.engine.tool_calls import CallDelta, ToolCall
 from igllama.engine.tools import ToolChoice, ToolSpec
 

@@ -27,6 +27,7 @@ from igllama.engine.embeddings import Embedder, EmbeddingJob, EmbeddingResult
 from igllama.engine.errors import CapacityError, EngineError, EngineUnavailable, InputError
 from igllama.engine.grammar import auto_call_grammar, forced_call_grammar, json_grammar
 from igllama.engine.infill import ExtraFile
+from igllama.engine.messages import ChatMessage
 from igllama.engine.model import Model, ModelConfig, ModelLoadError
 from igllama.engine.prompt import Prompts
 from igllama.engine.prompt_cache import PromptCache
@@ -37,7 +38,7 @@ from igllama.engine.sequence import CompletionRequest, Finished, OutputSchema, S
 from igllama.engine.speculation import DecodeCosts, Drafter, SpecConfig
 from igllama.engine.stats import EngineStats, snapshot
 from igllama.engine.stream import ChatStream, GenerationStream, Watchdog
-from igllama.engine.template import ChatMessage, load_template
+from igllama.engine.template import load_template
 from igllama.engine.text import THINK_OPEN, ReasoningSplitter, TextPipeline
 from igllama.engine.thread import EngineThread
 from igllama.engine.tool_calls import OPEN

@@ -22,9 +22,10 @@ from typing import Any
 from igllama.engine.control_text import mask_strings
 from igllama.engine.errors import InputError
 from igllama.engine.infill import ExtraFile, check_token_ids, infill_prompt
+from igllama.engine.messages import ChatMessage
 from igllama.engine.model import Model
 from igllama.engine.sequence import CompletionRequest
-from igllama.engine.template import ChatMessage, ChatTemplate, TemplateError
+from igllama.engine.template import ChatTemplate, TemplateError
 from igllama.engine.tool_calls import ToolCall
 from igllama.engine.tools import ToolSpec
 

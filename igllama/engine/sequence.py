@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import TYPE_CHECKING, Any
 
+from igllama.engine.messages import ChatMessage
 from igllama.engine.sampling import SamplingParams
-from igllama.engine.template import ChatMessage
 from igllama.engine.text import TextPipeline
 from igllama.engine.tool_calls import CallDelta, ToolCall
 from igllama.engine.tools import ToolChoice, ToolSpec

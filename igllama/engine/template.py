@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -22,7 +21,7 @@ import llama_cpp.llama_cpp as llama
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from igllama.engine.errors import InputError
-from igllama.engine.tool_calls import ToolCall
+from igllama.engine.messages import ChatMessage
 from igllama.engine.tools import ToolSpec, template_message, written_out
 
 EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
@@ -44,14 +43,6 @@ _BUILTIN_BY_ARCHITECTURE = {
 
 class TemplateError(InputError):
     """A chat template could not be loaded or rendered; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class ChatMessage:
-    role: str
-    content: str
-    tool_calls: tuple[ToolCall, ...] = ()  # an assistant's calls
-    tool_call_id: str = ""  # a tool result: the call it answers
 
 
 def builtin_template_names() -> list[str]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from igllama.engine.tool_calls import CLOSE, OPEN
 
 if TYPE_CHECKING:
-    from igllama.engine.template import ChatMessage
+    from igllama.engine.messages import ChatMessage
 
 CALL_OPENING = OPEN + '\n{"name": "'
 AFTER_NAME = '", "arguments": '  # between a call's name and its arguments

@@ -15,7 +15,7 @@ import orjson
 import pytest
 import requests
 
-from igllama.api import App, AppSettings, error_body
+from igllama.api import App, AppSettings, create_app, error_body
 from igllama.engine import Engine, EngineConfig, ModelConfig
 from igllama.engine.pool import EnginePool
 from igllama.http import Request, Server
@@ -54,7 +54,7 @@ def engine(model_path: str) -> Iterator[Engine]:
 
 @pytest.fixture(scope="module")
 def one_slot(background_loop: BackgroundLoop, engine: Engine) -> Iterator[Running]:
-    app = App(AppSettings("one-slot", max_tokens=2048, temperature=0.0))
+    app = create_app(AppSettings("one-slot", max_tokens=2048, temperature=0.0))
     app.set_pool(EnginePool.of("one-slot", engine))
     running = start(background_loop, app)
     yield running
@@ -64,7 +64,7 @@ def one_slot(background_loop: BackgroundLoop, engine: Engine) -> Iterator[Runnin
 @pytest.fixture
 def loading(background_loop: BackgroundLoop) -> Iterator[Running]:
     """A server whose model has not loaded yet: an App without an engine."""
-    running = start(background_loop, App(AppSettings("still-loading")))
+    running = start(background_loop, create_app(AppSettings("still-loading")))
     yield running
     background_loop.run(running.server.close(1.0))
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from igllama.api import App, AppSettings, error_body
+from igllama.api import AppSettings, create_app, error_body
 from igllama.engine import CallDelta, EngineConfig, Finished, ModelConfig, TextDelta, ToolCall
 from igllama.engine.pool import EnginePool
 from igllama.http import Server
@@ -67,7 +67,7 @@ class ScriptedEngine:
 @pytest.fixture(scope="module")
 def scripted(background_loop: BackgroundLoop) -> Iterator[tuple[str, ScriptedEngine]]:
     engine = ScriptedEngine()
-    app = App(AppSettings("scripted"))
+    app = create_app(AppSettings("scripted"))
     app.set_pool(EnginePool.of("scripted", engine))  # type: ignore[arg-type]
     server = background_loop.run(Server.start(app.router, "127.0.0.1", 0, error_body=error_body))
     yield f"http://127.0.0.1:{server.port}", engine

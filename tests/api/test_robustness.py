@@ -18,7 +18,7 @@ import orjson
 import pytest
 import requests
 
-from igllama.api import App, AppSettings, error_body
+from igllama.api import AppSettings, create_app, error_body
 from igllama.engine import Engine, EngineConfig, ModelConfig
 from igllama.engine.pool import EnginePool
 from igllama.engine.speculation import SpecConfig
@@ -45,7 +45,7 @@ class Served:
     def __init__(self, loop: BackgroundLoop, engine: Engine) -> None:
         self.loop = loop
         self.engine = engine
-        self.app = App(AppSettings("robust", max_tokens=2048, temperature=0.0))
+        self.app = create_app(AppSettings("robust", max_tokens=2048, temperature=0.0))
         self.app.set_pool(EnginePool.of("robust", engine))
         self.server = loop.run(Server.start(self.app.router, "127.0.0.1", 0, error_body=error_body))
 

@@ -1,4 +1,5 @@
-"""Run the product: bind the port, load the model behind a 503, serve until a signal.
+"""Run the product in the foreground: bind the port, load the model behind a
+503, serve until a signal; `igllama api` and `igllama.serve` end here.
 
 The port is bound before the model loads so that orchestrators can poll
 `/health` (503 while loading, 200 when ready) instead of guessing.
@@ -11,21 +12,28 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import uvloop
 
-from igllama import __version__
-from igllama.cli import ServerConfig
+from igllama.config import ServerConfig, server_config
 from igllama.engine import ModelLoadError, TemplateError, default_threads
 from igllama.http import ListenError, TLSError, wait_for_signal
 from igllama.library import Server
+from igllama.version import __version__
 
 log = logging.getLogger("igllama")
 
 
-def serve(config: ServerConfig) -> int:
+def run(config: ServerConfig) -> int:
     """Serve until SIGINT/SIGTERM; the process exit status."""
     return uvloop.run(_serve(config))
+
+
+def serve(model: str | Path, **settings: Any) -> int:
+    """Serve `model` until SIGINT/SIGTERM, as `igllama api` does; returns the exit status."""
+    return run(server_config(model, **settings))
 
 
 async def _serve(config: ServerConfig) -> int:
