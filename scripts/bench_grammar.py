@@ -71,7 +71,7 @@ class Reference:
 
     def __init__(self, model: str, threads: int) -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench import free_port
+        from benchkit.server import free_port
         from reference_server import reference_server_path
 
         self.port = free_port("127.0.0.1")

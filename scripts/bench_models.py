@@ -58,7 +58,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench import Server, free_port, machine_info
+from benchkit.machine import machine_info
+from benchkit.server import Server, free_port
 from reference_server import read_build_info, reference_server_path
 
 PROMPT = ("Write a long story about the keeper of a northern lighthouse, the ships that pass "

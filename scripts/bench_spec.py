@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import bench_png
-from bench import Server, free_port
+from benchkit.server import Server, free_port
 from reference_server import reference_server_path
 
 CODE = "\n".join(

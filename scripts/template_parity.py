@@ -108,7 +108,7 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="record llama-server's prompts for the test")
     parser.add_argument("--greedy", action="store_true", help="also compare greedy replies (32 tokens)")
     args = parser.parse_args()
-    from bench import free_port
+    from benchkit.server import free_port
     from reference_server import reference_server_path
 
     binary = str(reference_server_path())
