@@ -52,7 +52,7 @@ class SpecConfig:
     # path whose logits differ from one-token decoding by ~0.3 nats, which
     # can flip a near-tie; up to seven they are bit-identical with one thread
     # (measured on both test models), so `draft_max=6` with one thread keeps
-    # every reply exactly as without speculation (README, Speculation).
+    # every reply exactly as without speculation (docs/speculation.md).
     draft_max: int = 64
     ngram_min: int = 3  # the shortest history tail looked up
     ngram_max: int = 32  # matches longer than this count as this long

@@ -1,5 +1,7 @@
 """The specification's curl, Python and JavaScript examples, run as written (only the port changed),
-and the README's JavaScript example, which replaces the specification's."""
+the JavaScript example of docs/clients.md, which replaces the specification's, and every shell
+command of README.md and docs/*.md: each one is run against a real server or skipped with its
+reason, so an example that no longer works fails here. The docs' links are checked too."""
 
 from __future__ import annotations
 
@@ -9,14 +11,26 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.api.conftest import REPO, ServerProcess, sse_chunks
+from tests.api.conftest import (
+    ONE_THREAD,
+    REPO,
+    STARTUP_TIMEOUT,
+    ServerProcess,
+    igllama_command,
+    sse_chunks,
+)
 
-SPEC_PORT = "localhost:8080"
+# Where the examples' server listens: the specification's and the README's "localhost:8080",
+# some of docs/ "127.0.0.1:8080".
+EXAMPLE_ADDRESS = re.compile(r"\b(localhost|127\.0\.0\.1):8080\b")
 
 CURL_CHAT = """curl http://localhost:8080/v1/chat/completions -H "Content-Type: application/json" -d '{"model":"default","messages":[{"role":"user","content":"Hi"}]}'"""
 CURL_STREAM = """curl http://localhost:8080/v1/chat/completions -H "Content-Type: application/json" -d '{"model":"default","messages":[{"role":"user","content":"Hi"}],"stream":true}'"""
@@ -77,22 +91,23 @@ while (true) {
 """
 
 
-def readme_block(language: str) -> str:
-    """The first fenced code block of `language` in README.md."""
-    match = re.search(rf"^```{language}\n(.*?)^```$", (REPO / "README.md").read_text(), re.DOTALL | re.MULTILINE)
-    assert match, f"README.md has no {language} block"
+def doc_block(doc: str, language: str) -> str:
+    """The first fenced code block of `language` in `doc` (a path under the repository)."""
+    match = re.search(rf"^```{language}\n(.*?)^```$", (REPO / doc).read_text(), re.DOTALL | re.MULTILINE)
+    assert match, f"{doc} has no {language} block"
     return match.group(1)
 
 
 def on(server: ServerProcess, example: str) -> str:
-    assert SPEC_PORT in example
-    return example.replace(SPEC_PORT, f"localhost:{server.port}")
+    assert EXAMPLE_ADDRESS.search(example), example
+    return EXAMPLE_ADDRESS.sub(rf"\1:{server.port}", example)
 
 
-def curl(server: ServerProcess, example: str) -> bytes:
-    result = subprocess.run(shlex.split(on(server, example)) + ["--silent", "--show-error", "--fail-with-body"],
-                            check=False, capture_output=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+def curl(server: ServerProcess, example: str, cwd: Path = REPO) -> bytes:
+    """Run a curl example on `server`; curl exits 22 if the status is an error."""
+    result = subprocess.run([*shlex.split(on(server, example), comments=True), "--silent", "--show-error",
+                             "--fail-with-body"], cwd=cwd, check=False, capture_output=True, timeout=60)
+    assert result.returncode == 0, (result.stdout[:300], result.stderr)
     return result.stdout
 
 
@@ -185,15 +200,15 @@ globalThis.fetch = async () => new Response(new ReadableStream({
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
-def test_readme_javascript_example_prints_only_content(server: ServerProcess, tmp_path: Path) -> None:
-    script = tmp_path / "readme.mjs"
-    script.write_text(on(server, readme_block("javascript")))
+def test_docs_javascript_example_prints_only_content(server: ServerProcess, tmp_path: Path) -> None:
+    script = tmp_path / "clients.mjs"
+    script.write_text(on(server, doc_block("docs/clients.md", "javascript")))
     printed = run_script(["node"], script)
     assert "undefined" not in printed.splitlines()
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
-def test_readme_javascript_example_joins_lines_split_across_reads(tmp_path: Path) -> None:
+def test_docs_javascript_example_joins_lines_split_across_reads(tmp_path: Path) -> None:
     pieces = ["Hel", "lo \U0001f999", "\n\nBye"]
     deltas = [{"role": "assistant", "content": ""}, *({"content": p} for p in pieces), {}]
     chunks: list[dict[str, Any]] = [
@@ -201,6 +216,187 @@ def test_readme_javascript_example_joins_lines_split_across_reads(tmp_path: Path
     ]
     chunks.append({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}})
     body = "".join(f"data: {json.dumps(c, ensure_ascii=False)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-    script = tmp_path / "readme.mjs"
-    script.write_text(BYTE_BY_BYTE_FETCH.replace("BODY", json.dumps(body)) + readme_block("javascript"))
+    script = tmp_path / "clients.mjs"
+    example = doc_block("docs/clients.md", "javascript")
+    script.write_text(BYTE_BY_BYTE_FETCH.replace("BODY", json.dumps(body)) + example)
     assert run_script(["node"], script) == "".join(f"{p}\n" for p in pieces)
+
+
+# -- every shell command of the docs
+
+DOCS = ("README.md", *(f"docs/{doc.name}" for doc in sorted((REPO / "docs").glob("*.md"))))
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
+SHELL = ("bash", "sh", "shell", "console")
+
+# The commands no test runs, by how they start, each with its reason.
+NOT_RUN = {
+    "bash scripts/serve-demo.sh": "installs into .venv, then serves on the fixed port 8080 until stopped",
+    "bash scripts/test.sh": "installs into .venv, then runs this whole suite",
+    ".venv/bin/igllama api ": "starts a server on a fixed port for a model.gguf that is not here",
+    "igllama api ": "starts a server on a fixed port for a model or folder that is not here",
+    ".venv/bin/python scripts/soak.py": "a soak load for --duration 600 seconds",
+    ".venv/bin/python scripts/reference_server.py": "builds llama-server, ~7 minutes the first time",
+    ".venv/bin/python scripts/bench": "a benchmark: minutes on 2 cores",
+    "bash scripts/scale-out.sh": "tests/test_scale_out.py runs it where nginx is installed",
+}
+# The HTTPS recipe of docs/operating.md runs whole: its server start is the exception to NOT_RUN.
+HTTPS_SERVER = "igllama api model.gguf --ssl-cert-file"
+
+
+@dataclass(frozen=True)
+class DocCommand:
+    where: str  # file:line
+    text: str  # continuation lines joined
+
+
+def doc_commands() -> list[DocCommand]:
+    """Every command of the ```bash (or sh) blocks of the docs, comments and blank lines left out."""
+    commands = []
+    for doc in DOCS:
+        text = (REPO / doc).read_text()
+        for fence in FENCE.finditer(text):
+            if fence.group(1) not in SHELL:
+                continue
+            first = text.count("\n", 0, fence.start(2)) + 1
+            pending, start = "", 0
+            for offset, line in enumerate(fence.group(2).splitlines()):
+                if not pending and (not line.strip() or line.lstrip().startswith("#")):
+                    continue
+                start = start or first + offset
+                if line.endswith("\\"):
+                    pending += line[:-1]
+                    continue
+                commands.append(DocCommand(f"{doc}:{start}", (pending + line).strip()))
+                pending, start = "", 0
+    return commands
+
+
+def not_run_reason(command: str) -> str | None:
+    if command.startswith(HTTPS_SERVER):
+        return None
+    return next((why for start, why in NOT_RUN.items() if command.startswith(start)), None)
+
+
+def command_cases() -> list[Any]:
+    """Each command a case; those in NOT_RUN skipped, their place, reason and text in the report."""
+    cases = []
+    for command in doc_commands():
+        why = not_run_reason(command.text)
+        skip = [pytest.mark.skip(reason=f"{command.where} {why}: `{command.text}`")] if why else []
+        cases.append(pytest.param(command, id=command.where, marks=skip))
+    return cases
+
+
+@dataclass
+class HTTPSRecipe:
+    folder: Path  # where the certificate and key were made
+    server: ServerProcess
+
+
+def recipe_command(start: str) -> list[str]:
+    [command] = [c.text for c in doc_commands() if c.text.startswith(start)]
+    return shlex.split(command, comments=True)
+
+
+@pytest.fixture(scope="module")
+def https_recipe(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HTTPSRecipe]:
+    """docs/operating.md's self-signed certificate and HTTPS server, the demo model in place of
+    model.gguf and a free port in place of 8080."""
+    folder = tmp_path_factory.mktemp("https-recipe")
+    made = subprocess.run(recipe_command("openssl req"), cwd=folder, capture_output=True, timeout=60,
+                          check=False)
+    assert made.returncode == 0, made.stderr
+    serve = recipe_command(HTTPS_SERVER)
+    assert serve[:3] == ["igllama", "api", "model.gguf"]
+    log_path = folder / "stderr.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(igllama_command("api", model_path, *serve[3:], "-p", "0", *ONE_THREAD),
+                                   cwd=folder, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=log)
+    ready = re.compile(r"ready in \d+\.\d s: https://127\.0\.0\.1:(\d+)/v1")
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not (match := ready.search(log_path.read_text())):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            pytest.fail(f"the HTTPS recipe's server did not start:\n{log_path.read_text()}")
+        time.sleep(0.05)
+    server = ServerProcess(process, int(match.group(1)), log_path)
+    yield HTTPSRecipe(folder, server)
+    server.stop()
+
+
+def assert_answered(output: bytes) -> None:
+    """An SSE stream ends with [DONE]; a JSON body is not an error; anything else is not empty."""
+    if output.startswith(b"data: "):
+        sse_chunks(output)
+    elif output.startswith(b"{"):
+        assert "error" not in json.loads(output), output[:300]
+    else:
+        assert output.strip()
+
+
+@pytest.mark.parametrize("command", command_cases())
+def test_doc_command(command: DocCommand, request: pytest.FixtureRequest) -> None:
+    text = command.text
+    if text.startswith("openssl req"):
+        folder = request.getfixturevalue("https_recipe").folder
+        assert (folder / "cert.pem").is_file() and (folder / "key.pem").is_file()
+    elif text.startswith(HTTPS_SERVER):
+        recipe = request.getfixturevalue("https_recipe")
+        assert recipe.server.process.poll() is None
+        banner = recipe.server.stderr()
+        assert f"OpenAI-compatible API on https://127.0.0.1:{recipe.server.port}" in banner
+    elif text.startswith("curl ") and EXAMPLE_ADDRESS.search(text):
+        if "https://" in text:
+            recipe = request.getfixturevalue("https_recipe")
+            server, folder = recipe.server, recipe.folder
+        else:
+            # The demo model has no fill-in-the-middle tokens: a `suffix` needs the code model.
+            server = request.getfixturevalue("qwen" if '"suffix"' in text else "server")
+            folder = REPO
+        assert_answered(curl(server, text, cwd=folder))
+    else:
+        pytest.fail(f"{command.where}: no test runs `{text}`: run it here, or give NOT_RUN its reason")
+
+
+def test_the_readme_has_a_request_in_each_dialect_that_runs() -> None:
+    run = [c.text for c in doc_commands()
+           if c.where.startswith("README.md:") and not_run_reason(c.text) is None]
+    for path in ("/v1/chat/completions", "/v1/messages", "/api/chat", "/tokenize"):
+        assert any(f":8080{path} " in command for command in run), path
+
+
+# -- the docs' links
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def outside_fences(text: str) -> list[str]:
+    lines, fenced = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            lines.append(line)
+    return lines
+
+
+def anchors(path: Path) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown file."""
+    headings = [line.lstrip("#").strip() for line in outside_fences(path.read_text()) if line.startswith("#")]
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_doc_links_resolve(doc: str) -> None:
+    path = REPO / doc
+    for line in outside_fences(path.read_text()):
+        for target in LINK.findall(line):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s)://, mailto:
+            file, _, anchor = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            assert linked.is_file(), f"{doc}: {target} names no file"
+            if anchor:
+                assert anchor in anchors(linked), f"{doc}: {target} names no heading of {linked.name}"

@@ -30,7 +30,7 @@ NEVER_STOP = SamplingParams(
 def engine(model_path: str) -> Iterator[Engine]:
     # Drafts of at most 6 tokens: how much is drafted depends on decode timings (a busy
     # machine drafts differently), and only drafts that short keep a greedy reply exact
-    # on two threads (see tests/engine/test_speculation.py and the README).
+    # on two threads (see tests/engine/test_speculation.py and docs/speculation.md).
     engine = Engine(EngineConfig(ModelConfig(model_path), n_ctx=2048, n_batch=256, n_slots=4,
                                  spec=SpecConfig(draft_max=6)))
     yield engine

@@ -113,8 +113,8 @@ WORKLOADS = {
 def one_thread(request: pytest.FixtureRequest, model_path: str) -> Iterator[Engine]:
     """One llama.cpp thread and drafts of at most 6 tokens: then a lone query's attention is
     computed as a batched one's (with more threads, past ~200 tokens of context they differ;
-    from 8 queries on, flash attention takes a tiled path; README, Determinism), so a reply
-    must be exactly the same with drafts as without, at any length."""
+    from 8 queries on, flash attention takes a tiled path; docs/how-it-works.md, Determinism),
+    so a reply must be exactly the same with drafts as without, at any length."""
     path = model_path if request.param == "demo" else str(QWEN_CODER.path())
     engine = Engine(EngineConfig(ModelConfig(path), n_ctx=4096, n_batch=256, n_slots=2, n_threads=1,
                                  n_threads_batch=1, spec=SpecConfig(draft_max=6)))
@@ -156,7 +156,8 @@ async def test_sampled_replies_keep_their_seed(one_thread: Engine) -> None:
 
 
 def test_nobody_drafts_once_more_than_two_sequences_decode() -> None:
-    """Then the decode is compute-bound: with 8 streams drafts cost 17% of the throughput (README)."""
+    """Then the decode is compute-bound: with 8 streams drafts cost 17% of the throughput
+    (docs/speculation.md)."""
     from types import SimpleNamespace
 
     from igllama.engine.prompt_cache import PromptCache
