@@ -89,7 +89,7 @@ class Watchdog:
     `health` names what is wrong with the engine (None when it serves). A
     queued request may wait as long as the engine is healthy, since the queue
     moves; an admitted one that neither prefills nor generates a token for
-    `bound` seconds is failed. (The counters are read from the engine
+    `bound` seconds (and up to one interval more) is failed. (The counters are read from the engine
     thread's sequence: plain int reads, and a stale one only delays a
     verdict by one interval.)
     """
@@ -137,8 +137,10 @@ class Watchdog:
             elif (mark := (seq.n_fed, seq.n_generated)) != stream.progress_mark:
                 stream.progress_mark = mark  # a long prompt's prefill sends no event, but moves
                 stream.last_progress = now
-            elif now - stream.last_progress > self.bound:
-                stream.fail(EngineFailure(f"the request made no progress for {self.bound:.0f} s"))
+            elif now - stream.last_progress > self.bound + self.interval:
+                # (+ one interval: progress is seen only at ticks, so a stream's last one may predate a
+                # stalled step by an interval; the engine's own verdict on that step must come first.)
+                stream.fail(EngineFailure(f"the request made no progress for {now - stream.last_progress:.0f} s"))
 
 
 class ChatStream:

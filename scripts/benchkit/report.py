@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 import bench_png
+
 from benchkit.summary import OURS, REF, fmt
 
 

@@ -38,7 +38,7 @@ def test_a_silent_admitted_request_fails_a_queued_one_waits_a_moving_one_lives()
     queued = open_stream(streams, inbox, Status.WAITING)
     prefilling = open_stream(streams, inbox, Status.PREFILLING)
     watchdog.check()  # records where each one is
-    long_ago = time.monotonic() - 61
+    long_ago = time.monotonic() - 66  # the bound and one check interval (5 s) ago
     for stream in (stuck, queued, prefilling):
         stream.last_progress = long_ago
     assert prefilling.sequence is not None
@@ -47,10 +47,27 @@ def test_a_silent_admitted_request_fails_a_queued_one_waits_a_moving_one_lives()
     watchdog.check()
 
     error = ended_with(stuck)
-    assert isinstance(error, EngineFailure) and "no progress for 60 s" in str(error)
+    assert isinstance(error, EngineFailure) and "no progress for 66 s" in str(error)
     assert inbox.get_nowait() == ("cancel", stuck.sequence)  # its slot is freed too
     assert ended_with(queued) is None and ended_with(prefilling) is None
     assert streams == {queued, prefilling}
+
+
+def test_a_request_is_given_one_check_interval_beyond_the_bound() -> None:
+    """Progress is seen only at checks, so a request's last one may predate a step that stalls
+    the whole engine by an interval: the engine's verdict (503, engine_unavailable) on such a
+    stall must come before the request's own (500)."""
+    streams: set[GenerationStream] = set()
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    watchdog = Watchdog(streams, lambda: None, bound=60)
+    decoding = open_stream(streams, inbox, Status.DECODING)
+    watchdog.check()
+    decoding.last_progress = time.monotonic() - 63
+    watchdog.check()
+    assert ended_with(decoding) is None
+    decoding.last_progress = time.monotonic() - 66
+    watchdog.check()
+    assert isinstance(ended_with(decoding), EngineFailure)
 
 
 def test_an_engine_that_stopped_fails_every_open_stream_at_once() -> None:
