@@ -38,13 +38,20 @@ def timings(done: Finished) -> dict[str, Any]:
         "cache_n": done.cached_tokens,
         "prompt_n": done.prompt_tokens - done.cached_tokens,
         "prompt_ms": done.prefill_ms,
+        "prompt_per_token_ms": _per_token_ms(done.prefill_ms, done.prompt_tokens - done.cached_tokens),
         "prompt_per_second": done.prefill_tokens_per_s,
         "predicted_n": done.completion_tokens,
         "predicted_ms": done.generation_ms,
+        # (the first token comes out of the prefill: the rest share the generation time)
+        "predicted_per_token_ms": _per_token_ms(done.generation_ms, done.completion_tokens - 1),
         "predicted_per_second": done.generation_tokens_per_s,
         "draft_n": done.drafted,
         "draft_n_accepted": done.accepted,
     }
+
+
+def _per_token_ms(ms: float, n: int) -> float:
+    return ms / n if n > 0 else 0.0
 
 
 def logprobs(entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:

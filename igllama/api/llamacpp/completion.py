@@ -1,0 +1,201 @@
+"""llama-server's native `/completion`: its request fields in, its result shape out.
+
+The prompt is continued as it is (no chat template), by the same engine
+request OpenAI's `/v1/completions` builds (igllama/api/prompts.py reads the
+prompt for both, igllama/api/fields.py the sampling fields). A feature of
+llama-server that igllama does not have is refused with 501
+`not_supported_error` when a request turns it on, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from igllama.api.choices import Outcome, combined, interleave
+from igllama.api.errors import APIError, from_engine
+from igllama.api.fields import (
+    INT32_MAX,
+    boolean,
+    integer,
+    is_int,
+    model_name,
+    parse_body,
+    sampling_params,
+    stop_strings,
+)
+from igllama.api.llamacpp import replies
+from igllama.api.llamacpp.errors import from_fim, not_supported, stream_error
+from igllama.api.llamacpp.settings import OFF, generation_params
+from igllama.api.output import parse_output_format
+from igllama.api.prompts import Prompt, parse_prompts, prompt_tokens
+from igllama.engine import (
+    MAX_TOP_LOGPROBS,
+    CompletionRequest,
+    Engine,
+    EngineError,
+    Finished,
+    GenerationStream,
+    TextDelta,
+)
+from igllama.http import EventStream, Request, Response
+
+if TYPE_CHECKING:
+    from igllama.api.app import App
+    from igllama.api.fields import Defaults
+
+
+@dataclass(frozen=True, slots=True)
+class NativeCall:
+    """A checked `/completion` (or `/infill`) body."""
+
+    request: CompletionRequest  # without its prompt, which each prompt fills in
+    stream: bool
+    n_probs: int  # 0: no completion_probabilities
+    return_tokens: bool
+    model: str | None
+    settings: dict[str, Any]  # generation_settings, as the reply reports them
+
+
+def parse_native(data: dict[str, Any], defaults: Defaults) -> NativeCall:
+    """The fields `/completion` and `/infill` share (everything but the prompt)."""
+    _refuse_unsupported(data)
+    n_predict = _n_predict(data, defaults)
+    n_probs = max(integer(data, "n_probs", 0, None, MAX_TOP_LOGPROBS), 0)  # (llama-server reads < 0 as 0)
+    id_slot = integer(data, "id_slot", -1, -1, INT32_MAX)
+    stream = boolean(data, "stream", False)
+    fields = {**data, "logit_bias": _logit_bias(data.get("logit_bias"))}
+    sampling = sampling_params(fields, defaults)
+    stop = stop_strings(data.get("stop"))
+    grammar = parse_output_format(data)
+    request = CompletionRequest(
+        messages=(),
+        max_tokens=n_predict,
+        sampling=sampling,
+        stop=stop,
+        cache_prompt=boolean(data, "cache_prompt", True),
+        logprobs=n_probs or None,
+        grammar=grammar,
+        split_reasoning=False,
+        return_progress=boolean(data, "return_progress", False) and stream,
+        return_tokens=True,  # (a stream's frames count them: tokens_predicted)
+        slot_id=id_slot if id_slot >= 0 else None,
+    )
+    settings = generation_params(sampling, n_predict, stop=stop, stream=stream, n_probs=n_probs,
+                                 grammar=grammar if isinstance(grammar, str) else "")
+    return NativeCall(request, stream, n_probs, boolean(data, "return_tokens", False), model_name(data), settings)
+
+
+def _refuse_unsupported(data: dict[str, Any]) -> None:
+    for name, off in OFF.items():
+        value = data.get(name)
+        if value is not None and value != off:
+            raise not_supported(f"{name} is not supported by igllama's sampler; leave it out (or at {off!r})")
+    for name in ("lora", "image_data", "multimodal_data"):
+        if data.get(name):
+            raise not_supported(f"{name} is not supported by this server")
+
+
+def _n_predict(data: dict[str, Any], defaults: Defaults) -> int:
+    """`n_predict` (or `max_tokens`): -1 means as many as the server allows (its --max-tokens cap).
+    0 gives one token, as llama-server does."""
+    for name in ("n_predict", "max_tokens"):
+        value = integer(data, name, None, -1)
+        if value is not None and value >= 0:
+            return min(max(value, 1), defaults.max_tokens)
+    return defaults.max_tokens
+
+
+def _logit_bias(raw: Any) -> Any:
+    """llama-server's list form `[[token, bias], ...]` (bias `false`: never this token) as the
+    {token: bias} object the shared reader takes; the object form passes as it is."""
+    if not isinstance(raw, list):
+        return raw
+    biases: dict[str, Any] = {}
+    for i, pair in enumerate(raw):
+        if not (isinstance(pair, list) and len(pair) == 2 and is_int(pair[0])):
+            raise APIError(400, f"logit_bias[{i}] must be [token id, bias] (token ids only: igllama does not "
+                           f"tokenize strings here)", param="logit_bias")
+        bias = pair[1]
+        biases[str(pair[0])] = -100 if bias is False else bias  # -100: as good as never
+    return biases
+
+
+async def completion(app: App, request: Request) -> Response | EventStream:
+    started = time.perf_counter()
+
+    def parse(data: dict[str, Any]) -> tuple[list[Prompt], NativeCall]:
+        return parse_prompts(data.get("prompt")), parse_native(data, app.defaults)
+
+    prompts, call = await parse_body(request.body, parse)
+
+    async def start(engine: Engine) -> Response | EventStream:
+        tokenized = []
+        try:
+            for prompt in prompts:
+                tokenized.append(await engine.offload(prompt_tokens, engine, prompt))
+        except EngineError as exc:
+            raise from_engine(exc, "prompt") from None
+        return await answer(app, request, engine, call, tokenized, started, "prompt")
+
+    return await app.run(request, call.model, call.stream, start, stream_error)
+
+
+async def answer(app: App, request: Request, engine: Engine, call: NativeCall, prompts: list[list[int]],
+                 started: float, param: str) -> Response | EventStream:
+    """Run one completion per prompt (token ids) and answer in llama-server's shape:
+    one result, a list of them for several prompts, or a stream of frames."""
+    if call.request.slot_id is not None and call.request.slot_id >= engine.config.n_slots:
+        raise APIError(400, f"id_slot {call.request.slot_id} does not exist: this server has "
+                       f"{engine.config.n_slots} slots (0 to {engine.config.n_slots - 1}, or -1 for any)",
+                       param="id_slot")
+    streams: list[GenerationStream] = []
+    try:
+        for tokens in prompts:
+            streams += await engine.submit_choices(replace(call.request, prompt=tuple(tokens)), 1)  # checks the ids
+        texts = [await engine.offload(engine.model.detokenize, tokens) for tokens in prompts]
+    except EngineError as exc:
+        for stream in streams:
+            await stream.aclose()
+        raise (from_fim(exc) or from_engine(exc, param)) from None
+    except BaseException:
+        for stream in streams:
+            await stream.aclose()
+        raise
+    model = call.model or app.settings.model_id
+    if call.stream:
+        outcome = Outcome()
+        frames = _frames(streams, call, model, texts, [len(tokens) for tokens in prompts], outcome)
+        return EventStream(app.guard_stream(request, streams, started, param, frames, stream_error, outcome))
+    gathered, _ = await app.gather(request, streams, started, call.n_probs > 0, param)
+    results = [
+        replies.result(i, reply.text, reply.tokens if call.return_tokens else [], reply.finished, model=model,
+                       settings=call.settings, prompt=texts[i], probs=reply.logprobs)
+        for i, reply in enumerate(gathered)
+    ]
+    return Response.json(200, results[0] if len(results) == 1 else results)
+
+
+async def _frames(streams: list[GenerationStream], call: NativeCall, model: str, prompts: list[str],
+                  n_evaluated: list[int], outcome: Outcome) -> AsyncIterator[bytes]:
+    """A frame per delta, then each prompt's result; llama-server ends its stream without [DONE]."""
+    n_predicted = [0] * len(streams)
+    ends: list[Finished | None] = [None] * len(streams)
+    async for i, event in interleave(streams):
+        if isinstance(event, TextDelta):
+            if event.progress is not None:
+                yield orjson.dumps(replies.progress_frame(i, event.progress))
+            n_predicted[i] += len(event.tokens)
+            if event.text or event.tokens:
+                probs = event.logprobs if call.n_probs else None
+                yield orjson.dumps(replies.partial(i, event.text, event.tokens if call.return_tokens else (),
+                                                   n_predicted[i], n_evaluated[i], probs))
+            continue
+        ends[i] = event
+        yield orjson.dumps(replies.result(i, "", [], event, model=model, settings=call.settings,
+                                          prompt=prompts[i], probs=None))
+    outcome.total = combined(ends)
