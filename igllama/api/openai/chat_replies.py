@@ -14,6 +14,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from igllama.engine import EmbeddingResult, Finished, Progress, TokenLogprob
+from igllama.version import __version__
+
+# Which server build answered (OpenAI's `system_fingerprint`; llama-server sends its build_info there).
+BUILD_INFO = f"igllama-{__version__}"
 
 if TYPE_CHECKING:
     from igllama.api.app import Listed
@@ -102,6 +106,7 @@ def chat_completion(cid: str, created: int, model: str, choices: list[dict[str, 
         "object": "chat.completion",
         "created": created,
         "model": model,
+        "system_fingerprint": BUILD_INFO,
         "choices": choices,
         "usage": usage(total),
         "timings": timings(total),
@@ -115,7 +120,8 @@ class ChunkWriter:
 
     def __init__(self, cid: str, created: int, model: str, index: int = 0) -> None:
         self._id, self._created, self._model = cid, created, model
-        envelope = orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model})
+        envelope = orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                                 "system_fingerprint": BUILD_INFO})
         self._head = envelope[:-1] + b',"choices":[{"index":%d,"delta":' % index
 
     def role(self) -> bytes:
@@ -145,7 +151,7 @@ class ChunkWriter:
 
     def _without_choices(self, fields: dict[str, Any]) -> bytes:
         return orjson.dumps({"id": self._id, "object": "chat.completion.chunk", "created": self._created,
-                             "model": self._model, "choices": [], **fields})
+                             "model": self._model, "system_fingerprint": BUILD_INFO, "choices": [], **fields})
 
 
 def prompt_progress(progress: Progress) -> dict[str, Any]:

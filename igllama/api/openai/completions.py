@@ -152,7 +152,7 @@ def _choice(index: int, text: str, done: Finished | None, logprobs: dict[str, An
 def _completion(cid: str, created: int, model: str, choices: list[dict[str, Any]], total: Finished | None,
                 ) -> dict[str, Any]:
     body: dict[str, Any] = {"id": cid, "object": "text_completion", "created": created, "model": model,
-                            "choices": choices}
+                            "system_fingerprint": responses.BUILD_INFO, "choices": choices}
     if total is not None:
         body["usage"] = responses.usage(total)
         body["timings"] = responses.timings(total)
