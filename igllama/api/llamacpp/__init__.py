@@ -1,5 +1,5 @@
-"""llama-server's native dialect: `/completion`, `/infill`, `/embedding`, `/v1/health`,
-and the 501s llama-server answers for what it was not started with.
+"""llama-server's native dialect: `/completion` (and `/completions`), `/infill`, `/embedding`
+(and `/embeddings`), `/v1/health`, and the 501s llama-server answers for what igllama lacks.
 
 Errors on these routes take llama-server's shape (errors.py). Its utility
 routes (`/tokenize`, `/props`, `/slots`, `/metrics`) are in utility.py and
@@ -23,14 +23,15 @@ if TYPE_CHECKING:
 
 def routes(app: App) -> None:
     app.router.add("GET", "/v1/health", app.health)  # (open like /health: orchestrators poll it)
-    app.add("POST", "/completion", lambda request: completion(app, request), native_response)
+    # llama-server answers /completions and /embeddings (without /v1) natively too, OpenAI's shapes only under /v1.
+    for path in ("/completion", "/completions"):
+        app.add("POST", path, lambda request: completion(app, request), native_response)
     app.add("POST", "/infill", lambda request: infill(app, request), native_response)
     app.add("POST", "/embedding", lambda request: embedding(app, request), native_response)
     app.add("POST", "/embeddings", lambda request: embedding(app, request), native_response)
-    app.add("POST", "/rerank", _refuse("reranking needs a reranker model's scores, which igllama does not "
-                                       "compute"), native_response)
-    app.add("POST", "/reranking", _refuse("reranking needs a reranker model's scores, which igllama does not "
-                                          "compute"), native_response)
+    rerank = _refuse("reranking needs a reranker model's scores, which igllama does not compute")
+    for path in ("/rerank", "/reranking", "/v1/rerank", "/v1/reranking"):
+        app.add("POST", path, rerank, native_response)
     app.add("POST", "/props", _refuse("changing global properties is not supported; restart the server "
                                       "with other flags"), native_response)
 

@@ -63,8 +63,8 @@ class TextCall:
 
 
 def routes(app: App) -> None:
-    for path in ("/v1/completions", "/completions"):  # (llama-server answers both)
-        app.add("POST", path, lambda request: completions(app, request))
+    # (/completions, without /v1, is llama-server's native /completion: igllama/api/llamacpp)
+    app.add("POST", "/v1/completions", lambda request: completions(app, request))
 
 
 def parse_completion(data: dict[str, Any], app: App) -> TextCall:
