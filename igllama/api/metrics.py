@@ -64,6 +64,9 @@ class Metrics:
         self.prefill_seconds = 0.0
         self.generation_seconds = 0.0
         self.longest_sequence = 0  # prompt + reply tokens of the longest request so far
+        # (prompt tokens, their seconds, generated tokens, their seconds) at the last scrape:
+        # llama-server's throughput gauges cover the time since then.
+        self._last_scrape = (0, 0.0, 0, 0.0)
         self.first_token = Histogram(_LATENCY_BUCKETS)
         self.per_output_token = Histogram(_TOKEN_BUCKETS)
         self.queue_wait = Histogram(_LATENCY_BUCKETS)
@@ -151,8 +154,11 @@ class Metrics:
     def _llamacpp(self, engines: dict[str, EngineStats]) -> list[str]:
         """llama-server's `llamacpp:` metrics, from the same counts as ours, so that its dashboards
         work unchanged. One server, so no model label: engine counts are summed over loaded models.
-        Its throughput gauges are averages since the start here (llama-server's since the last scrape)."""
+        Its throughput gauges, as in llama-server, cover the requests ended since the last scrape."""
         prompt_tokens = self.prompt_tokens - self.cached_prompt_tokens  # (llama-server's excludes cached ones)
+        now = (prompt_tokens, self.prefill_seconds, self.generated_tokens, self.generation_seconds)
+        since = [a - b for a, b in zip(now, self._last_scrape)]
+        self._last_scrape = now
         out: list[str] = []
 
         def one(name: str, kind: str, help_text: str, value: float) -> None:
@@ -176,9 +182,9 @@ class Metrics:
         one("spec_decode_num_accepted_tokens_total", "counter",
             "Speculative: Total draft tokens accepted by the target model", self.accepted_tokens)
         one("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s",
-            prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0)
+            since[0] / since[1] if since[1] > 0 else 0.0)
         one("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s",
-            self.generated_tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0)
+            since[2] / since[3] if since[3] > 0 else 0.0)
         one("requests_processing", "gauge", "Number of requests processing",
             sum(stats.running for stats in engines.values()))
         one("requests_deferred", "gauge", "Number of requests deferred", sum(stats.queued for stats in engines.values()))
