@@ -174,6 +174,20 @@ def test_completion_streams_llama_servers_frames(native: ServerProcess, referenc
     assert ours[-1]["tokens_predicted"] == whole["tokens_predicted"] and ours[-1]["stop_type"] == "limit"
 
 
+def test_response_fields_pick_the_result(native: ServerProcess, reference: Reference) -> None:
+    fields = ["content", "generation_settings/n_predict", "no_such_field"]
+    body = {"prompt": PROMPT, "n_predict": 2, "response_fields": fields}
+    ours, theirs = (r.json() for r in both(native, reference, "/completion", body))
+    assert set(ours) == set(theirs) == {"content", "generation_settings/n_predict"}
+    assert ours["generation_settings/n_predict"] == theirs["generation_settings/n_predict"] == 2
+    # Streamed: the last frame is picked; the others carry their token ids, asked for or not.
+    responses = both(native, reference, "/completion", {**body, "stream": True})
+    ours_frames, theirs_frames = ([orjson.loads(p) for p in sse_payloads(r.content)] for r in responses)
+    assert set(ours_frames[-1]) == set(theirs_frames[-1])
+    assert all(frame["tokens"] for frame in ours_frames[:-1])
+    assert sum(len(frame["tokens"]) for frame in ours_frames[:-1]) == 2
+
+
 def test_stop_types(native: ServerProcess, reference: Reference) -> None:
     eos = {"prompt": PROMPT, "n_predict": 8, "logit_bias": [[EOS, 100]]}
     ours, theirs = (r.json() for r in both(native, reference, "/completion", eos))

@@ -49,6 +49,9 @@ if TYPE_CHECKING:
     from igllama.api.fields import Defaults
 
 
+MAX_RESPONSE_FIELDS = 64
+
+
 @dataclass(frozen=True, slots=True)
 class NativeCall:
     """A checked `/completion` (or `/infill`) body."""
@@ -59,6 +62,7 @@ class NativeCall:
     return_tokens: bool
     model: str | None
     settings: dict[str, Any]  # generation_settings, as the reply reports them
+    fields: tuple[str, ...]  # response_fields: the result's fields to send ("a/b" for a nested one), () all
 
 
 def parse_native(data: dict[str, Any], defaults: Defaults) -> NativeCall:
@@ -87,7 +91,8 @@ def parse_native(data: dict[str, Any], defaults: Defaults) -> NativeCall:
     )
     settings = generation_params(sampling, n_predict, stop=stop, stream=stream, n_probs=n_probs,
                                  grammar=grammar if isinstance(grammar, str) else "")
-    return NativeCall(request, stream, n_probs, boolean(data, "return_tokens", False), model_name(data), settings)
+    return NativeCall(request, stream, n_probs, boolean(data, "return_tokens", False), model_name(data), settings,
+                      _response_fields(data.get("response_fields")))
 
 
 def _refuse_unsupported(data: dict[str, Any]) -> None:
@@ -98,6 +103,15 @@ def _refuse_unsupported(data: dict[str, Any]) -> None:
     for name in ("lora", "image_data", "multimodal_data"):
         if data.get(name):
             raise not_supported(f"{name} is not supported by this server")
+
+
+def _response_fields(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_RESPONSE_FIELDS or not all(isinstance(f, str) for f in raw):
+        raise APIError(400, f"response_fields must be an array of at most {MAX_RESPONSE_FIELDS} field names",
+                       param="response_fields")
+    return tuple(raw)
 
 
 def _n_predict(data: dict[str, Any], defaults: Defaults) -> int:
@@ -173,8 +187,9 @@ async def answer(app: App, request: Request, engine: Engine, call: NativeCall, p
         return EventStream(app.guard_stream(request, streams, started, param, frames, stream_error, outcome))
     gathered, _ = await app.gather(request, streams, started, call.n_probs > 0, param)
     results = [
-        replies.result(i, reply.text, reply.tokens if call.return_tokens else [], reply.finished, model=model,
-                       settings=call.settings, prompt=texts[i], probs=reply.logprobs)
+        replies.selected(replies.result(i, reply.text, reply.tokens if call.return_tokens else [], reply.finished,
+                                        model=model, settings=call.settings, prompt=texts[i], probs=reply.logprobs),
+                         call.fields)
         for i, reply in enumerate(gathered)
     ]
     return Response.json(200, results[0] if len(results) == 1 else results)
@@ -192,10 +207,11 @@ async def _frames(streams: list[GenerationStream], call: NativeCall, model: str,
             n_predicted[i] += len(event.tokens)
             if event.text or event.tokens:
                 probs = event.logprobs if call.n_probs else None
-                yield orjson.dumps(replies.partial(i, event.text, event.tokens if call.return_tokens else (),
-                                                   n_predicted[i], n_evaluated[i], probs))
+                # (a stream's frames carry their token ids whether asked or not, as llama-server's do)
+                yield orjson.dumps(replies.partial(i, event.text, event.tokens, n_predicted[i], n_evaluated[i],
+                                                   probs))
             continue
         ends[i] = event
-        yield orjson.dumps(replies.result(i, "", [], event, model=model, settings=call.settings,
-                                          prompt=prompts[i], probs=None))
+        yield orjson.dumps(replies.selected(replies.result(i, "", [], event, model=model, settings=call.settings,
+                                                           prompt=prompts[i], probs=None), call.fields))
     outcome.total = combined(ends)

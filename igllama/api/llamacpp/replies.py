@@ -46,6 +46,23 @@ def result(
     return body
 
 
+def selected(body: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """`response_fields`: only these fields of a result, each under its path (`generation_settings/n_predict`),
+    those it lacks left out, as llama-server does; all of it when none are named."""
+    if not fields:
+        return body
+    picked = {}
+    for path in fields:
+        value: Any = body
+        for key in path.split("/"):
+            if not isinstance(value, dict) or key not in value:
+                break
+            value = value[key]
+        else:
+            picked[path] = value
+    return picked
+
+
 def partial(index: int, content: str, tokens: list[int] | tuple[int, ...], n_predicted: int, n_evaluated: int,
             probs: tuple[TokenLogprob, ...] | None) -> dict[str, Any]:
     """One frame of a stream before the last (`id_slot` -1 there, as llama-server sends it)."""
