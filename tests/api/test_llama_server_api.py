@@ -192,6 +192,12 @@ def test_stop_types(native: ServerProcess, reference: Reference) -> None:
     eos = {"prompt": PROMPT, "n_predict": 8, "logit_bias": [[EOS, 100]]}
     ours, theirs = (r.json() for r in both(native, reference, "/completion", eos))
     assert ours["stop_type"] == theirs["stop_type"] == "eos" and ours["content"] == ""
+    # `false` bans a token: greedy then picks another first token.
+    greedy = {"prompt": PROMPT, "n_predict": 1, "temperature": 0, "return_tokens": True}
+    (first,) = post(native.url, "/completion", greedy).json()["tokens"]
+    ours, theirs = both(native, reference, "/completion", {**greedy, "logit_bias": [[first, False]]})
+    assert ours.status_code == theirs.status_code == 200
+    assert ours.json()["tokens"] != [first] and len(ours.json()["tokens"]) == 1
     greedy = {"prompt": PROMPT, "n_predict": 8, "temperature": 0, "cache_prompt": False}
     first = post(native.url, "/completion", greedy).json()
     at, word = late_stop_string(first["content"])

@@ -9,6 +9,7 @@ llama-server that igllama does not have is refused with 501
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -20,9 +21,11 @@ from igllama.api.choices import Outcome, combined, interleave
 from igllama.api.errors import APIError, from_engine
 from igllama.api.fields import (
     INT32_MAX,
+    MAX_LOGIT_BIAS,
     boolean,
     integer,
     is_int,
+    logit_bias,
     model_name,
     parse_body,
     sampling_params,
@@ -72,8 +75,8 @@ def parse_native(data: dict[str, Any], defaults: Defaults) -> NativeCall:
     n_probs = max(integer(data, "n_probs", 0, None, MAX_TOP_LOGPROBS), 0)  # (llama-server reads < 0 as 0)
     id_slot = integer(data, "id_slot", -1, -1, INT32_MAX)
     stream = boolean(data, "stream", False)
-    fields = {**data, "logit_bias": _logit_bias(data.get("logit_bias"))}
-    sampling = sampling_params(fields, defaults)
+    sampling = replace(sampling_params({**data, "logit_bias": None}, defaults),
+                       logit_bias=_logit_bias(data.get("logit_bias")))
     stop = stop_strings(data.get("stop"))
     grammar = parse_output_format(data)
     request = CompletionRequest(
@@ -124,19 +127,25 @@ def _n_predict(data: dict[str, Any], defaults: Defaults) -> int:
     return defaults.max_tokens
 
 
-def _logit_bias(raw: Any) -> Any:
-    """llama-server's list form `[[token, bias], ...]` (bias `false`: never this token) as the
-    {token: bias} object the shared reader takes; the object form passes as it is."""
+def _logit_bias(raw: Any) -> tuple[tuple[int, float], ...]:
+    """`logit_bias` as the shared reader takes it ({token: bias}), or in llama-server's list form
+    `[[token, bias], ...]`, where a bias of `false` means never this token."""
     if not isinstance(raw, list):
-        return raw
+        return logit_bias(raw)
+    if len(raw) > MAX_LOGIT_BIAS:
+        raise APIError(400, f"logit_bias may bias at most {MAX_LOGIT_BIAS} tokens, not {len(raw)}",
+                       param="logit_bias")
     biases: dict[str, Any] = {}
+    banned: list[tuple[int, float]] = []
     for i, pair in enumerate(raw):
-        if not (isinstance(pair, list) and len(pair) == 2 and is_int(pair[0])):
+        if not (isinstance(pair, list) and len(pair) == 2 and is_int(pair[0]) and pair[0] >= 0):
             raise APIError(400, f"logit_bias[{i}] must be [token id, bias] (token ids only: igllama does not "
                            f"tokenize strings here)", param="logit_bias")
-        bias = pair[1]
-        biases[str(pair[0])] = -100 if bias is False else bias  # -100: as good as never
-    return biases
+        if pair[1] is False:
+            banned.append((pair[0], -math.inf))  # (llama-server's -INFINITY; the engine checks the id)
+        else:
+            biases[str(pair[0])] = pair[1]
+    return logit_bias(biases) + tuple(banned)
 
 
 async def completion(app: App, request: Request) -> Response | EventStream:
