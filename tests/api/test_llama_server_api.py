@@ -243,6 +243,14 @@ def test_completion_errors_in_llama_servers_shape(native: ServerProcess, referen
     refused = post(native.url, "/completion", {"prompt": PROMPT, "mirostat": 2})
     assert refused.status_code == 501
     assert refused.json()["error"]["type"] == "not_supported_error" and "mirostat" in refused.json()["error"]["message"]
+    # llama-server's own sampler list (as its /props lists it) samples as igllama does; another order cannot.
+    default = requests.get(f"{reference.url}/props", timeout=TIMEOUT).json()["default_generation_settings"]
+    for samplers in (default["params"]["samplers"], "edkypmxt"):
+        ours, theirs = both(native, reference, "/completion", {"prompt": PROMPT, "n_predict": 1, "samplers": samplers})
+        assert ours.status_code == theirs.status_code == 200, samplers
+    reordered = post(native.url, "/completion", {"prompt": PROMPT, "samplers": ["temperature", "min_p", "top_p",
+                                                                                 "top_k", "penalties"]})
+    assert reordered.status_code == 501 and "order" in reordered.json()["error"]["message"]
 
 
 def test_unsupported_features_answer_501(native: ServerProcess, reference: Reference) -> None:

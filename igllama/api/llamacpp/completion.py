@@ -33,7 +33,7 @@ from igllama.api.fields import (
 )
 from igllama.api.llamacpp import replies
 from igllama.api.llamacpp.errors import from_fim, not_supported, stream_error
-from igllama.api.llamacpp.settings import OFF, generation_params
+from igllama.api.llamacpp.settings import OFF, SAMPLERS, generation_params
 from igllama.api.output import parse_output_format
 from igllama.api.prompts import Prompt, parse_prompts, prompt_tokens
 from igllama.engine import (
@@ -43,6 +43,7 @@ from igllama.engine import (
     EngineError,
     Finished,
     GenerationStream,
+    SamplingParams,
     TextDelta,
 )
 from igllama.http import EventStream, Request, Response
@@ -77,6 +78,7 @@ def parse_native(data: dict[str, Any], defaults: Defaults) -> NativeCall:
     stream = boolean(data, "stream", False)
     sampling = replace(sampling_params({**data, "logit_bias": None}, defaults),
                        logit_bias=_logit_bias(data.get("logit_bias")))
+    _check_samplers(data.get("samplers"), sampling)
     stop = stop_strings(data.get("stop"))
     grammar = parse_output_format(data)
     request = CompletionRequest(
@@ -106,6 +108,34 @@ def _refuse_unsupported(data: dict[str, Any]) -> None:
     for name in ("lora", "image_data", "multimodal_data"):
         if data.get(name):
             raise not_supported(f"{name} is not supported by this server")
+
+
+# llama-server's letters and other names for the samplers igllama has; the others it checks are off (OFF).
+_SAMPLER_NAMES = {"e": "penalties", "k": "top_k", "p": "top_p", "m": "min_p", "t": "temperature",
+                  "top-k": "top_k", "top-p": "top_p", "nucleus": "top_p", "min-p": "min_p", "temp": "temperature"}
+
+
+def _check_samplers(raw: Any, sampling: SamplingParams) -> None:
+    """llama-server's `samplers` (names, or a string of letters): the chain and its order. igllama's is
+    fixed, so a list that would sample differently is refused; llama-server's default list passes
+    (its other samplers are off unless asked for, and asking is refused already)."""
+    if raw is None:
+        return
+    if isinstance(raw, str):
+        raw = list(raw)
+    if not isinstance(raw, list) or len(raw) > 64 or not all(isinstance(name, str) for name in raw):
+        raise APIError(400, "samplers must be an array of sampler names or a string of their letters",
+                       param="samplers")
+    given = [_SAMPLER_NAMES.get(name, name) for name in raw]
+    ours = [name for name in given if name in SAMPLERS]
+    active = {"penalties": sampling.has_penalties, "top_k": sampling.top_k > 0, "top_p": sampling.top_p < 1.0,
+              "min_p": sampling.min_p > 0.0, "temperature": not sampling.is_greedy}
+    missing = [name for name, on in active.items() if on and name not in ours]
+    if missing:
+        raise not_supported(f"samplers leaves out {', '.join(missing)}, which igllama always applies; "
+                            f"leave samplers out")
+    if ours != sorted(ours, key=SAMPLERS.index):
+        raise not_supported(f"igllama samples in the order {', '.join(SAMPLERS)} only; leave samplers out")
 
 
 def _response_fields(raw: Any) -> tuple[str, ...]:

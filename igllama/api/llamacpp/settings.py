@@ -26,7 +26,6 @@ OFF: dict[str, Any] = {
     "dry_multiplier": 0.0,
     "mirostat": 0,
     "ignore_eos": False,
-    "n_keep": 0,
     "post_sampling_probs": False,
     "timings_per_token": False,
 }
@@ -63,7 +62,7 @@ def generation_params(
         "stop": list(stop),
         "max_tokens": n_predict,
         "n_predict": n_predict,
-        "n_keep": OFF["n_keep"],
+        "n_keep": 0,  # (accepted, without effect: igllama never shifts the context nor cuts a prompt)
         "n_discard": 0,
         "ignore_eos": OFF["ignore_eos"],
         "stream": stream,
