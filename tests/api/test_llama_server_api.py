@@ -206,6 +206,20 @@ def test_stop_types(native: ServerProcess, reference: Reference) -> None:
     assert stopped["content"] == first["content"][:at]
 
 
+def test_grammar_and_json_schema(native: ServerProcess, reference: Reference) -> None:
+    body = {"prompt": "Is the sky blue? Answer:", "n_predict": 8, "grammar": 'root ::= " yes" | " no"'}
+    ours, theirs = (r.json() for r in both(native, reference, "/completion", body))
+    assert ours["content"] in (" yes", " no") and ours["stop_type"] == theirs["stop_type"] == "eos"
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    reply = post(native.url, "/completion", {"prompt": "JSON:", "n_predict": 48, "json_schema": schema}).json()
+    if reply["stop_type"] == "eos":  # (the model may still be writing digits when n_predict runs out)
+        assert isinstance(orjson.loads(reply["content"])["a"], int)
+    assert reply["content"].lstrip().startswith("{")
+    ours, theirs = both(native, reference, "/completion", {"prompt": "x", "grammar": "root ::= ("})
+    assert ours.status_code == theirs.status_code == 400
+    assert set(ours.json()["error"]) == set(theirs.json()["error"])
+
+
 def test_prompt_shapes(native: ServerProcess, reference: Reference) -> None:
     tokens = post(native.url, "/tokenize", {"content": PROMPT, "add_special": True}).json()["tokens"]
     mixed = [tokens[0], "The capital", *post(native.url, "/tokenize", {"content": " of France is"}).json()["tokens"]]
