@@ -11,7 +11,11 @@ from igllama.http import Response
 
 
 def native_body(error: APIError) -> bytes:
-    return orjson.dumps({"error": {"code": error.status, "message": error.message, "type": error_type(error.status)}})
+    """Without a `param` key, the message names the field itself (llama-server's say "Field 'x': ...")."""
+    message = error.message
+    if error.param and error.param not in message:
+        message = f"{error.param}: {message}"
+    return orjson.dumps({"error": {"code": error.status, "message": message, "type": error_type(error.status)}})
 
 
 def native_response(error: APIError) -> Response:
