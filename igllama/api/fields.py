@@ -25,8 +25,8 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 1024  # one stop string's length: the reply's text is held back that far while it streams
 MAX_LOGIT_BIAS = 1024  # tokens one request may bias
 MAX_CHOICES = 128  # OpenAI's bound on `n`; each choice is a request of its own in the queue
-INT32_MAX = 2**31 - 1
-MAX_REPEAT_LAST_N = 65536  # llama.cpp keeps a ring buffer of this many token ids per request  # llama.cpp takes top_k as int32_t: a larger value would wrap
+INT32_MAX = 2**31 - 1  # llama.cpp takes top_k as int32_t: a larger value would wrap
+MAX_REPEAT_LAST_N = 65536  # llama.cpp keeps a ring buffer of this many token ids per request
 
 T = TypeVar("T")
 

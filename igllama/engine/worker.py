@@ -333,7 +333,8 @@ class Worker:
 
         Text is held back (a possible stop string, half a character), so a
         token's entry goes out with the delta that shows its text; the tokens
-        of a stop string are never shown, and their entries never sent."""
+        of a stop string are never shown, and their entries never sent. Asked
+        for, the ids of the tokens generated since the last delta go with it."""
         tokens: tuple[int, ...] = ()
         if seq.pending_tokens:
             tokens = tuple(seq.pending_tokens)
@@ -362,6 +363,8 @@ class Worker:
             self._outbox.append((seq.sink, TextDelta("", tuple(entry for _, entry in seq.pending_logprobs),
                                                      tokens=tuple(seq.pending_tokens or ()))))
             seq.pending_logprobs.clear()
+            if seq.pending_tokens:
+                seq.pending_tokens.clear()
         self._outbox.append((seq.sink, seq.finished_event(finish_reason, time.perf_counter())))
         self._end(seq)
 
