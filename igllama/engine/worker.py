@@ -358,13 +358,13 @@ class Worker:
         calls = seq.text.take_call_deltas()
         if tail or reasoning or calls:
             self._outbox.append((seq.sink, self._delta(seq, tail, reasoning, calls)))
-        if (seq.pending_logprobs or seq.pending_tokens) and not seq.text.stopped:
-            # Tokens that render as nothing at the very end (the rest went out with their text).
-            self._outbox.append((seq.sink, TextDelta("", tuple(entry for _, entry in seq.pending_logprobs),
-                                                     tokens=tuple(seq.pending_tokens or ()))))
-            seq.pending_logprobs.clear()
-            if seq.pending_tokens:
-                seq.pending_tokens.clear()
+        # Tokens that render as nothing at the very end (the rest went out with their text); the
+        # ids of a stop string's tokens go too, as llama-server counts them among the generated ones.
+        entries = () if seq.text.stopped else tuple(entry for _, entry in seq.pending_logprobs)
+        ids = tuple(seq.pending_tokens or ())
+        if entries or ids:
+            self._outbox.append((seq.sink, TextDelta("", entries, tokens=ids)))
+        seq.pending_logprobs.clear()
         self._outbox.append((seq.sink, seq.finished_event(finish_reason, time.perf_counter())))
         self._end(seq)
 

@@ -204,6 +204,9 @@ def test_stop_types(native: ServerProcess, reference: Reference) -> None:
     stopped = post(native.url, "/completion", {**greedy, "stop": [word]}).json()
     assert stopped["stop_type"] == "word" and stopped["stopping_word"] == word
     assert stopped["content"] == first["content"][:at]
+    # The stop string's tokens count as generated, as in llama-server: `tokens` holds them all.
+    ids = post(native.url, "/completion", {**greedy, "stop": [word], "return_tokens": True}).json()
+    assert len(ids["tokens"]) == ids["tokens_predicted"] == stopped["tokens_predicted"]
 
 
 def test_grammar_and_json_schema(native: ServerProcess, reference: Reference) -> None:
