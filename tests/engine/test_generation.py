@@ -294,3 +294,30 @@ async def test_a_request_shares_the_prefix_another_one_is_decoding(engine: Engin
         pass
     # Only the user turn that differs is prefilled; the system prompt's cells are shared.
     assert second.prompt_tokens - second.cached_tokens < 10, second
+
+
+async def test_deltas_carry_their_token_ids_when_asked(engine: Engine) -> None:
+    # llama-server's `tokens` / `return_tokens`: the ids of exactly the tokens of the reply's text.
+    request = ask(PROMPT, max_tokens=12, sampling=NEVER_STOP, return_tokens=True)
+    tokens: list[int] = []
+    texts: list[str] = []
+    async for event in engine.generate(request):
+        if isinstance(event, TextDelta):
+            tokens += event.tokens
+            texts.append(event.text)
+            assert event.tokens or not event.text  # text comes with the token that released it
+        else:
+            done = event
+    assert len(tokens) == done.completion_tokens == 12
+    assert b"".join(engine.model.piece(t) for t in tokens).decode() == "".join(texts)
+    async for event in engine.generate(replace(request, return_tokens=False)):
+        assert isinstance(event, Finished) or event.tokens == ()
+
+
+async def test_a_request_runs_on_the_slot_it_asks_for(engine: Engine) -> None:
+    # llama-server's `id_slot`; the final event names the slot that served the request.
+    for slot in (3, 0, 2, 1):
+        _, done = await run(engine, ask("Hi", max_tokens=2, slot_id=slot))
+        assert done.slot == slot
+    _, done = await run(engine, ask("Hi", max_tokens=2))
+    assert 0 <= done.slot < engine.config.n_slots
