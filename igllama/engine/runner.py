@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp.llama_cpp as llama
+from llama_cpp._ggml import libggml
 
 from igllama.engine import logs
 from igllama.engine.model import Model, ModelLoadError
@@ -35,12 +36,34 @@ class ContextConfig:
     n_threads: int = 0  # 0: all cores
     n_threads_batch: int = 0
     embeddings: bool = False
+    # With embeddings: llama.cpp's pooling (a LLAMA_POOLING_TYPE; unspecified:
+    # the model's own, mean for a generative model), and whether to stop each
+    # decode at the hidden states, never computing the vocabulary projection.
+    pooling: int = llama.LLAMA_POOLING_TYPE_UNSPECIFIED
+    hidden_states_only: bool = False
     cache_type_k: str = "f16"  # the KV cache's element types (KV_CACHE_TYPES)
     cache_type_v: str = "f16"
 
 
 # The KV cache types llama-server offers, by their names there.
 KV_CACHE_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "iq4_nl": 20, "q5_0": 6, "q5_1": 7}
+
+@llama.ggml_backend_sched_eval_callback
+def _stop_at_hidden_states(tensor: int, ask: bool, _user_data: int) -> bool:
+    """llama.cpp's graph callback: asked which nodes we want to see, name the
+    final hidden states; once they are computed, answer False, which ends the
+    decode there, before the vocabulary projection (on a 262,144-token
+    vocabulary, most of a small model's work). The node's name is llama.cpp's
+    (`result_norm`, renamed `result_embd_pooled` once pooling is built); a
+    graph without it is computed whole, as without this callback."""
+    if ask:
+        return bool(libggml.ggml_get_name(tensor) in HIDDEN_STATE_NAMES)
+    return False
+
+
+HIDDEN_STATE_NAMES = (b"result_norm", b"result_embd_pooled")
+libggml.ggml_get_name.restype = ctypes.c_char_p
+libggml.ggml_get_name.argtypes = [ctypes.c_void_p]
 
 # llama.cpp overflows 32-bit sizes (and aborts) on absurd contexts; refuse them first.
 MAX_CTX = 1 << 24
@@ -85,8 +108,13 @@ class Runner:
         params.no_perf = True
         if config.embeddings:
             params.embeddings = True
-            if model.metadata(f"{model.architecture}.pooling_type") is None:
+            params.pooling_type = config.pooling
+            if config.pooling == llama.LLAMA_POOLING_TYPE_UNSPECIFIED and model.metadata(
+                f"{model.architecture}.pooling_type"
+            ) is None:
                 params.pooling_type = llama.LLAMA_POOLING_TYPE_MEAN  # generative models: mean
+            if config.hidden_states_only:
+                params.cb_eval = _stop_at_hidden_states
         logs.forget_last_error()
         self._ctx = llama.llama_init_from_model(model.pointer, params)
         if not self._ctx:
@@ -184,4 +212,9 @@ class Runner:
     def sequence_embedding(self, seq_id: int) -> Any:
         """The pooled embedding of a sequence (a float pointer), or None."""
         ptr = llama.llama_get_embeddings_seq(self._ctx, seq_id)
+        return ptr if ptr else None
+
+    def token_embedding(self, i: int) -> Any:
+        """The hidden state at batch position `i` (an output; a float pointer), or None."""
+        ptr = llama.llama_get_embeddings_ith(self._ctx, i)
         return ptr if ptr else None

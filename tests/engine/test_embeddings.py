@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 
 import numpy as np
 import pytest
 
 from igllama.engine import EmbeddingInputError, Engine, TextDelta
+from igllama.engine.embeddings import CHUNK, Embedder, EmbeddingJob
+from igllama.engine.model import Model
+from igllama.engine.runner import ContextConfig, Runner
 from tests.engine.conftest import NEVER_STOP, ask
 
 
@@ -50,3 +54,63 @@ async def test_embeddings_interleave_with_generation(engine: Engine) -> None:
 
     n_deltas, result = await asyncio.gather(chat(), engine.embed(["hello"] * 20))
     assert n_deltas > 0 and len(result.vectors) == 20
+
+
+def llama_cpp_mean(model: Model, tokens: list[int]) -> np.ndarray:
+    """llama.cpp's own mean pooling of one input, decoded whole: the reference."""
+    runner = Runner(model, ContextConfig(n_ctx=512, n_batch=512, n_threads=1, n_threads_batch=1, embeddings=True))
+    try:
+        runner.add_tokens(0, 0, tokens, logits_for_last=False)
+        runner.mark_all_outputs(0, len(tokens))
+        runner.decode()
+        vector = np.ctypeslib.as_array(runner.sequence_embedding(0), shape=(model.n_embd,)).astype(np.float64)
+    finally:
+        runner.close()
+    return vector / np.linalg.norm(vector)
+
+
+def resident_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def test_inputs_longer_than_a_chunk_pool_as_llama_cpp_does(gemma: Model) -> None:
+    # An input decoded in chunks of 64 tokens (this one spans three) and pooled
+    # here gives the vector llama.cpp's own pooling gives it decoded whole; in
+    # one job with others, several to a chunk, the same to float noise (llama.cpp
+    # itself moves a vector by ~5e-3 between a batch of one sequence and of two).
+    texts = ["A lighthouse keeper counts ships. " * n for n in (1, 9, 2, 25, 3)]
+    tokens = [gemma.tokenize(text, add_special=True) for text in texts]
+    assert max(map(len, tokens)) > 2 * CHUNK and min(map(len, tokens)) < CHUNK
+    embedder = Embedder(gemma, 512, 1, 1)
+    try:
+        alone = [embed_job(embedder, [input_tokens])[0] for input_tokens in tokens]
+        together = embed_job(embedder, tokens)
+    finally:
+        embedder.close()
+    for vector, input_tokens in zip(alone, tokens, strict=True):
+        np.testing.assert_allclose(vector, llama_cpp_mean(gemma, input_tokens), atol=1e-3)
+    for batched, single in zip(together, alone, strict=True):
+        assert float(batched @ single) > 0.999
+
+
+def embed_job(embedder: Embedder, tokens: list[list[int]]) -> list[np.ndarray]:
+    job = EmbeddingJob(tokens, sink=None)
+    while not job.done:
+        embedder.step(job)
+    return job.vectors
+
+
+def test_embedding_never_holds_logits_for_every_token(gemma: Model) -> None:
+    # Gemma 3's vocabulary has 262,144 tokens: logits for every token of a
+    # 2048-token batch are 2 GiB (a pooled llama.cpp context here grew by ~900
+    # MiB). Chunked and stopped at the hidden states, the context stays small.
+    embedder = Embedder(gemma, 2048, 1, 1)
+    before = resident_mib()
+    try:
+        vectors = embed_job(embedder, [gemma.tokenize("word " * 2000, add_special=True)] * 2)
+        grown = resident_mib() - before
+    finally:
+        embedder.close()
+    assert len(vectors) == 2
+    assert grown < 200, f"embedding 2 x 2000 tokens grew the process by {grown:.0f} MiB"
