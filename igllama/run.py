@@ -120,7 +120,7 @@ def _banner(config: ServerConfig, server: Server) -> None:
     ]
     if config.ssl_cert_file:
         lines.append(f"  tls      certificate {config.ssl_cert_file}, key {config.ssl_key_file}")
-    if config.api_key:
+    if config.api_key or config.api_keys:
         lines.append("  api key  required (Authorization: Bearer ...)")
     print("\n".join(lines), file=sys.stderr)
 

@@ -51,7 +51,8 @@ class EmbeddingJob:
 
 
 class Embedder:
-    def __init__(self, model: Model, n_batch: int, n_threads: int, n_threads_batch: int) -> None:
+    def __init__(self, model: Model, n_batch: int, n_threads: int, n_threads_batch: int,
+                 pooling: str | None = None, flash_attn: str = "auto") -> None:
         self.model = model
         self.n_batch = n_batch
         self._config = ContextConfig(
@@ -61,6 +62,8 @@ class Embedder:
             n_threads=n_threads,
             n_threads_batch=n_threads_batch,
             embeddings=True,
+            flash_attn=flash_attn,
+            pooling=pooling,
         )
         self._runner: Runner | None = None
         n_out = llama.llama_model_n_embd_out(model.pointer)
