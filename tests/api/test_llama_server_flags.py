@@ -437,3 +437,21 @@ def test_sleep_idle_seconds_unloads_and_the_next_request_loads_again(model_path:
         assert health() == {"status": "ok", "model": "loaded"}
     finally:
         running.stop()
+
+
+# -- the page that lists them
+
+
+def markdown_row(flag: table.Flag) -> str:
+    note = flag.note.replace("|", "\\|")
+    if flag.only is not None:
+        note += f" (another value is refused: {flag.otherwise.replace('|', chr(92) + '|')})"
+    return f"| {', '.join(f'`{spelling}`' for spelling in flag.spellings)} | {note} |"
+
+
+def test_the_doc_lists_every_flag_as_the_table_does() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "llama-server-flags.md").read_text()
+    sections = dict(zip(("intro", *table.Kind), re.split(r"^## (?:Mapped|Accepted, changing nothing|Refused)\n",
+                                                        doc, flags=re.MULTILINE)))
+    for flag in table.FLAGS:
+        assert markdown_row(flag) in sections[flag.kind].splitlines(), flag.spellings
