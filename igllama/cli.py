@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="host RAM for idle conversations' KV state, in MiB; 0 drops it (default 512)")
     api.add_argument("--api-key", help="require Authorization: Bearer KEY on every endpoint but /health")
     api.add_argument("-a", "--alias", help="model id to report (default: the file's name)")
-    api.add_argument("--chat-template", help="a llama.cpp built-in template name or a Jinja file")
+    api.add_argument("--chat-template", help="a llama.cpp built-in template name, a Jinja file, or Jinja text")
     api.add_argument("--reasoning-format", choices=("auto", "deepseek", "none"), default="auto",
                      help="a thinking model's <think> block: in reasoning_content (auto, deepseek) or inline (none)")
     api.add_argument("--max-queue", type=_int, default=256, metavar="N",
@@ -411,10 +411,10 @@ def _api_keys(path: str) -> tuple[str, ...]:
 def _check_chat_template(name: str) -> None:
     """Refuse a --chat-template that is neither a built-in name nor a file, before
     the port is bound and the model loaded (its Jinja is compiled at load)."""
-    from igllama.engine.template import builtin_template_names
+    from igllama.engine.template import builtin_template_names, is_inline_jinja
 
     builtins = builtin_template_names()
-    if name not in builtins and not Path(name).is_file():
+    if name not in builtins and not Path(name).is_file() and not is_inline_jinja(name):
         fail(f"--chat-template {name!r} is neither a built-in template nor a file (built-ins: {', '.join(builtins)})")
 
 

@@ -391,8 +391,7 @@ FLAGS: tuple[Flag, ...] = (
     refused("--reasoning-budget-message", "igllama has no reasoning budget"),
     ignored("--reasoning-preserve", "igllama renders the history as the client sends it, reasoning included"),
     refused("--no-reasoning-preserve", "igllama renders the history as the client sends it", value=False),
-    mapped("--chat-template", "--chat-template: a built-in name or a Jinja file (inline Jinja text is refused: "
-                              "put it in a file)"),
+    mapped("--chat-template", "--chat-template: a built-in name, a Jinja file, or the Jinja text itself"),
     mapped("--chat-template-file", "--chat-template FILE"),
     refused("--skip-chat-parsing", "--reasoning-format none keeps reasoning in the content", value=False),
     ignored("--no-skip-chat-parsing", "igllama parses replies (llama-server's default)"),

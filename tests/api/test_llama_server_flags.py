@@ -208,6 +208,12 @@ def test_the_defaults_stay_igllamas(model_path: str) -> None:
            (2048, 0.7, 4, 4096, None, 0, "auto", None, True, "*", False)
 
 
+def test_chat_template_takes_jinja_text_as_llama_server_does(model_path: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert parsed(model_path, "--chat-template", INLINE_TEMPLATE).chat_template == INLINE_TEMPLATE
+    assert "neither a built-in template nor a file" in refusal(model_path, capsys, "--chat-template", "no-such")
+
+
 def test_chat_template_file_is_the_template(model_path: str, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     template = tmp_path / "t.jinja"
@@ -320,13 +326,15 @@ def llama_flags_server(model_path: str, tmp_path_factory: pytest.TempPathFactory
     running = start_process(
         [model_path, "--host", hosts, "-c", "1024", "-np", "2", "--n-predict", "8", "--seed", "1234",
          "--temp", "1.0", "--cors-origins", "http://page.example", "--api-key-file", str(keys), "--no-ui",
-         "-ub", "16", "-fa", "off", "--pooling", "cls", "--threads-http", "4", "--embeddings", *ONE_THREAD],
+         "-ub", "16", "-fa", "off", "--pooling", "cls", "--threads-http", "4", "--embeddings",
+         "--chat-template", INLINE_TEMPLATE, *ONE_THREAD],
         tmp / "stderr.log")
     yield running
     running.stop()
 
 
 KEY = {"Authorization": "Bearer second-key"}
+INLINE_TEMPLATE = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
 
 
 def completion(server: ServerProcess, **fields: Any) -> dict[str, Any]:
@@ -397,6 +405,13 @@ def test_every_key_of_the_key_file_opens_the_api(llama_flags_server: ServerProce
 def test_no_ui_serves_no_page(llama_flags_server: ServerProcess) -> None:
     page = requests.get(f"{llama_flags_server.url}/", headers={"Accept": "text/html"}, timeout=TIMEOUT)
     assert page.status_code == 200 and "text/html" not in page.headers["content-type"]
+
+
+def test_an_inline_chat_template_renders_the_prompt(llama_flags_server: ServerProcess) -> None:
+    reply = requests.post(f"{llama_flags_server.url}/apply-template", headers=KEY, timeout=TIMEOUT,
+                          json={"messages": [{"role": "user", "content": "Hi"}]})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["prompt"] == "<user>Hi<assistant>"
 
 
 def test_the_pooling_reaches_the_embeddings(llama_flags_server: ServerProcess, server: ServerProcess) -> None:
