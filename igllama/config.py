@@ -56,6 +56,22 @@ class ServerConfig:
     models_dir: str | None = None
     models_max: int = 0  # models loaded at once, at most; 0: no limit
     models_idle_unload: float = 0.0  # seconds idle before a model is unloaded; 0: never
+    # llama-server's settings that igllama's own flags had no name for (igllama/llama_server_flags.py):
+    seed: int | None = None  # the sampling seed of requests that give none; None: a random one each
+    top_k: int = 40  # default sampling settings of requests that give none
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    ubatch_size: int = 0  # tokens per physical decode; 0: the batch size
+    flash_attn: str = "auto"  # on, off or auto (llama.cpp decides)
+    pooling: str | None = None  # embeddings' pooling: mean, cls or last; None: the model's (mean when it has none)
+    api_keys: tuple[str, ...] = ()  # more accepted API keys (--api-key-file), beside api_key
+    ui: bool = True  # GET / serves the chat page to browsers
+    cors_origins: str = "*"  # comma-separated origins a browser page may call from; *: any; localhost
+    cors_methods: str = "GET, POST, OPTIONS"
+    cors_credentials: bool = False  # Access-Control-Allow-Credentials (the Origin is echoed, never *)
 
 
 def server_config(model: str | Path | None, **settings: Any) -> ServerConfig:
@@ -65,8 +81,9 @@ def server_config(model: str | Path | None, **settings: Any) -> ServerConfig:
     unknown = sorted(set(settings) - known)
     if unknown:
         raise TypeError(f"unknown igllama setting(s) {', '.join(unknown)}; use: {', '.join(sorted(known))}")
-    if "models" in settings:
-        settings["models"] = tuple(str(path) for path in settings["models"])
+    for name in ("models", "api_keys"):
+        if name in settings:
+            settings[name] = tuple(str(item) for item in settings[name])
     if model is None and not settings.get("models_dir") and not settings.get("models"):
         raise TypeError("give a model file, or models_dir= or models= to serve several")
     return ServerConfig(model=str(model) if model is not None else "", **settings)

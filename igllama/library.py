@@ -27,13 +27,14 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from igllama.api import AppSettings, create_app, error_body
+from igllama.api.fields import Defaults
 from igllama.catalog import CatalogModel, scan
 from igllama.config import ServerConfig, server_config
 from igllama.engine import Engine, EngineConfig, ModelConfig, ShuttingDown, default_threads
 from igllama.engine.model import check_gguf_file
 from igllama.engine.pool import EnginePool, ModelSpec
 from igllama.engine.speculation import SpecConfig
-from igllama.http import Limits, tls_context
+from igllama.http import CorsPolicy, Limits, tls_context
 from igllama.http import Server as HTTPServer
 
 log = logging.getLogger("igllama")
@@ -70,7 +71,16 @@ def engine_config(config: ServerConfig, model: CatalogModel | None = None) -> En
         cache_type_k=config.cache_type_k,
         cache_type_v=config.cache_type_v,
         spec=SpecConfig(config.spec, config.spec_draft_max, config.spec_ngram_min, config.spec_ngram_max),
+        n_ubatch=config.ubatch_size,
+        flash_attn=config.flash_attn,
+        pooling=config.pooling,
     )
+
+
+def request_defaults(config: ServerConfig) -> Defaults:
+    """What a request that names no limit or sampling setting gets."""
+    return Defaults(config.max_tokens, config.temp, config.top_k, config.top_p, config.min_p, config.seed,
+                    config.repeat_penalty, config.presence_penalty, config.frequency_penalty)
 
 
 def model_pool(config: ServerConfig) -> EnginePool:
@@ -105,7 +115,8 @@ class Server:
         self.model_id = self.pool.default.name
         self.app = create_app(AppSettings(self.model_id, config.max_tokens, config.temp, config.api_key,
                                    config.responses_store, metrics=config.metrics, slots=config.slots,
-                                   sse_ping=config.sse_ping))
+                                   sse_ping=config.sse_ping, defaults=request_defaults(config),
+                                   api_keys=config.api_keys, ui=config.ui))
         self._http: HTTPServer | None = None
         self._closed = False
 
@@ -140,8 +151,9 @@ class Server:
         context: ssl.SSLContext | None = None
         if config.ssl_cert_file is not None and config.ssl_key_file is not None:
             context = tls_context(config.ssl_cert_file, config.ssl_key_file)
+        cors = CorsPolicy.parse(config.cors_origins, config.cors_methods, config.cors_credentials)
         self._http = await HTTPServer.start(self.app.router, config.host, config.port, limits=Limits(),
-                                            error_body=error_body, ssl_context=context)
+                                            error_body=error_body, ssl_context=context, cors=cors)
         if not self.pool.single:
             self.app.set_pool(self.pool)  # models load on demand
         return self._http

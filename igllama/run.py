@@ -102,6 +102,9 @@ def _banner(config: ServerConfig, server: Server) -> None:
             f"  model    {config.model}" + (" (the bundled demo model)" if config.using_demo else ""),
             f"  id       {server.model_id}",
         ]
+        if config.models_idle_unload:
+            lines.append(f"  sleep    unloaded after {config.models_idle_unload:g} s idle; the next request "
+                         "loads it again")
     else:
         names = list(server.pool.models)
         shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
@@ -120,7 +123,7 @@ def _banner(config: ServerConfig, server: Server) -> None:
     ]
     if config.ssl_cert_file:
         lines.append(f"  tls      certificate {config.ssl_cert_file}, key {config.ssl_key_file}")
-    if config.api_key:
+    if config.api_key or config.api_keys:
         lines.append("  api key  required (Authorization: Bearer ...)")
     print("\n".join(lines), file=sys.stderr)
 

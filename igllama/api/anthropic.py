@@ -79,8 +79,13 @@ def parse_messages(data: dict[str, Any], app: App, for_counting: bool = False) -
     tools, choice, parallel = _tools(data)
     sampling = SamplingParams(
         temperature=number(data, "temperature", app.defaults.temperature, 0.0, 1.0),
-        top_p=number(data, "top_p", 0.95, 0.0, 1.0),
-        top_k=integer(data, "top_k", 40, 0),
+        top_p=number(data, "top_p", app.defaults.top_p, 0.0, 1.0),
+        top_k=integer(data, "top_k", app.defaults.top_k, 0),
+        min_p=app.defaults.min_p,
+        seed=app.defaults.seed,
+        repeat_penalty=app.defaults.repeat_penalty,
+        presence_penalty=app.defaults.presence_penalty,
+        frequency_penalty=app.defaults.frequency_penalty,
     )
     no_think, split = _thinking(data.get("thinking"))
     request = CompletionRequest(

@@ -58,6 +58,10 @@ class AppSettings:
     metrics: bool = False  # GET /metrics (Prometheus)
     slots: bool = True  # GET /slots
     sse_ping: float = 5.0  # seconds without a frame after which an SSE stream gets a `: ping` comment; 0 never
+    # The request defaults in full (sampling too); None: `max_tokens` and `temperature` over Defaults' own.
+    defaults: Defaults | None = None
+    api_keys: tuple[str, ...] = ()  # more keys accepted beside `api_key` (--api-key-file)
+    ui: bool = True  # GET / gives browsers the chat page
 
 
 class App:
@@ -71,7 +75,8 @@ class App:
         self.load_progress = 0.0  # of the one model loading before the pool is set
         self.draining = False
         self.created = int(time.time())
-        self.defaults = Defaults(settings.max_tokens, settings.temperature)
+        self.defaults = settings.defaults or Defaults(settings.max_tokens, settings.temperature)
+        self._keys = [key.encode() for key in (settings.api_key, *settings.api_keys) if key]
         self.metrics = Metrics()
         self.router = Router()
         self.router.add("GET", "/health", self.health)
@@ -125,12 +130,15 @@ class App:
     def has_key(self, request: Request) -> bool:
         """Whether the request carries the API key (`Authorization: Bearer`, or Anthropic's
         `x-api-key`), compared in constant time; True when the server has none."""
-        if not self.settings.api_key:
+        if not self._keys:
             return True
-        key = self.settings.api_key.encode()
         given = (request.headers.get("authorization") or "").encode()
-        return (hmac.compare_digest(given, b"Bearer " + key)
-                or hmac.compare_digest((request.headers.get("x-api-key") or "").encode(), key))
+        given_x = (request.headers.get("x-api-key") or "").encode()
+        # Every key is compared, so the time taken does not tell which one nearly matched.
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(given, b"Bearer " + key) | hmac.compare_digest(given_x, key)
+        return matched
 
     # -- what every dialect's handlers share
 
@@ -206,7 +214,9 @@ class App:
         the engine before awaiting anything else, and no unload can come in between."""
         model = self.model(requested)
         pool = self.pool
-        if pool is None or (pool.single and model.state is ModelState.LOADING):
+        # (A single model's first load answers 503 so that clients poll /health; its reload
+        # after --sleep-idle-seconds makes the request wait instead, as llama-server's wake-up.)
+        if pool is None or (pool.single and model.state is ModelState.LOADING and not model.loaded_at):
             raise APIError(503, "the model is still loading; retry when GET /health answers 200",
                            retry_after=RETRY_AFTER)
         try:

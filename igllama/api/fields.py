@@ -37,6 +37,14 @@ class Defaults:
 
     max_tokens: int = 2048
     temperature: float = 0.7
+    # llama-server's sampling defaults (--top-k, --seed, ...), for requests that name none
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    seed: int | None = None  # None: a random seed per request
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -77,15 +85,15 @@ def sampling_params(data: dict[str, Any], defaults: Defaults) -> SamplingParams:
     """Sampling settings under their OpenAI / llama-server names."""
     return SamplingParams(
         temperature=number(data, "temperature", defaults.temperature, 0.0, 2.0),
-        top_k=integer(data, "top_k", 40, 0, INT32_MAX),
-        top_p=number(data, "top_p", 0.95, 0.0, 1.0),
-        min_p=number(data, "min_p", 0.05, 0.0, 1.0),
-        seed=integer(data, "seed", None, None),
-        repeat_penalty=number(data, "repeat_penalty", 1.0, 0.0, 10.0, exclusive_min=True),
+        top_k=integer(data, "top_k", defaults.top_k, 0, INT32_MAX),
+        top_p=number(data, "top_p", defaults.top_p, 0.0, 1.0),
+        min_p=number(data, "min_p", defaults.min_p, 0.0, 1.0),
+        seed=integer(data, "seed", defaults.seed, None),
+        repeat_penalty=number(data, "repeat_penalty", defaults.repeat_penalty, 0.0, 10.0, exclusive_min=True),
         # (llama-server's -1, "the context size", is refused: llama.cpp's sampler reads it as 0, off)
         repeat_last_n=integer(data, "repeat_last_n", 64, 0, MAX_REPEAT_LAST_N),
-        presence_penalty=number(data, "presence_penalty", 0.0, -2.0, 2.0),
-        frequency_penalty=number(data, "frequency_penalty", 0.0, -2.0, 2.0),
+        presence_penalty=number(data, "presence_penalty", defaults.presence_penalty, -2.0, 2.0),
+        frequency_penalty=number(data, "frequency_penalty", defaults.frequency_penalty, -2.0, 2.0),
         logit_bias=logit_bias(data.get("logit_bias")),
     )
 

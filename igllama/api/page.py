@@ -37,7 +37,13 @@ PAGE: Final = Response(
 
 
 def routes(app: App) -> None:
-    app.router.add("GET", "/", root)  # (HEAD / too: the router serves HEAD from GET, without the body)
+    # (HEAD / too: the router serves HEAD from GET, without the body)
+    app.router.add("GET", "/", root if app.settings.ui else no_page)
+
+
+def no_page(request: Request) -> Response:
+    """--no-ui: no chat page; every caller gets Ollama's answer."""
+    return RUNNING
 
 
 def root(request: Request) -> Response:

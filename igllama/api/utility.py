@@ -9,11 +9,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from igllama.api.errors import APIError, from_engine
-from igllama.api.fields import boolean, is_int, model_name, parse_body, parse_json, query_value
+from igllama.api.fields import (
+    boolean,
+    is_int,
+    model_name,
+    parse_body,
+    parse_json,
+    query_value,
+    sampling_params,
+)
 from igllama.api.llamacpp.settings import generation_params
 from igllama.api.openai.chat_replies import BUILD_INFO
 from igllama.api.openai.chat_requests import parse_chat
-from igllama.engine import EngineError, SamplingParams
+from igllama.engine import EngineError
 from igllama.http import Request, Response
 
 if TYPE_CHECKING:
@@ -91,7 +99,7 @@ async def props(app: App, request: Request) -> Response:
     config = engine.config
     settings: dict[str, Any] = {
         "n_ctx": slot_n_ctx(engine),
-        "params": generation_params(SamplingParams(temperature=app.defaults.temperature), app.defaults.max_tokens),
+        "params": generation_params(sampling_params({}, app.defaults), app.defaults.max_tokens),
     }
     return Response.json(200, {
         "default_generation_settings": settings,

@@ -34,9 +34,9 @@ from igllama.engine.runner import ContextConfig, Runner
 MAX_INPUTS_PER_BATCH = 8  # sequences in one decode
 CHUNK = 64  # tokens per decode of a generative model (each reserves an output row of logits)
 
-# How a generative model's hidden states become one vector, by the GGUF's
-# pooling type (none given: the mean, as llama-server does).
-MEAN, FIRST, LAST = "mean", "first", "last"
+# How a generative model's hidden states become one vector (--pooling, by
+# llama-server's names), else by the GGUF's pooling type, else their mean.
+MEAN, FIRST, LAST = "mean", "cls", "last"
 POOLING_BY_GGUF = {1: MEAN, 2: FIRST, 3: LAST}
 
 
@@ -83,14 +83,16 @@ class EmbeddingJob:
 
 
 class Embedder:
-    def __init__(self, model: Model, n_batch: int, n_threads: int, n_threads_batch: int) -> None:
+    def __init__(self, model: Model, n_batch: int, n_threads: int, n_threads_batch: int,
+                 pooling: str | None = None, flash_attn: str = "auto") -> None:
         self.model = model
         self.n_batch = n_batch  # the longest input, in tokens
         n_out = llama.llama_model_n_embd_out(model.pointer)
         self.n_dims = n_out if n_out > 0 else model.n_embd
         causal = model.metadata(f"{model.architecture}.attention.causal") not in ("false", "0")
-        gguf_pooling = model.metadata(f"{model.architecture}.pooling_type")
-        self.pooling = POOLING_BY_GGUF.get(int(gguf_pooling or 1)) if causal else None
+        gguf_pooling = POOLING_BY_GGUF.get(int(model.metadata(f"{model.architecture}.pooling_type") or 1))
+        # Pooled here (a causal model), or by llama.cpp (None).
+        self.pooling: str | None = (pooling or gguf_pooling) if causal else None
         if self.pooling is not None:
             self._config = ContextConfig(
                 n_ctx=n_batch + CHUNK,  # the longest input, and the next chunk beside it
@@ -99,7 +101,8 @@ class Embedder:
                 n_threads=n_threads,
                 n_threads_batch=n_threads_batch,
                 embeddings=True,
-                pooling=llama.LLAMA_POOLING_TYPE_NONE,
+                flash_attn=flash_attn,
+                pooling="none",
                 hidden_states_only=True,
             )
         else:
@@ -110,6 +113,8 @@ class Embedder:
                 n_threads=n_threads,
                 n_threads_batch=n_threads_batch,
                 embeddings=True,
+                flash_attn=flash_attn,
+                pooling=pooling,
             )
         self._runner: Runner | None = None
 

@@ -76,6 +76,9 @@ class EngineConfig:
     # default only the chat template makes control tokens (control_text.py).
     special_in_content: bool = False
     spec: SpecConfig = field(default_factory=SpecConfig)  # n-gram speculation
+    n_ubatch: int = 0  # tokens per physical decode; 0: n_batch
+    flash_attn: str = "auto"  # on, off or auto
+    pooling: str | None = None  # embeddings' pooling (mean, cls, last); None: the model's, else mean
     # An admitted request that produces nothing for this long, or an engine
     # thread that has not come round its loop for this long while it has
     # work, is a failure reported to the clients instead of a hang.
@@ -108,6 +111,8 @@ class Engine:
                     n_threads_batch=config.n_threads_batch,
                     cache_type_k=config.cache_type_k,
                     cache_type_v=config.cache_type_v,
+                    n_ubatch=config.n_ubatch,
+                    flash_attn=config.flash_attn,
                 ),
             )
         except Exception:
@@ -125,7 +130,8 @@ class Engine:
             config.n_slots, self.n_ctx, self.runner.n_batch, self.model.n_swa, self.runner,
             PromptCache(config.cache_ram_mib * 1024 * 1024),
         )
-        self.embedder = Embedder(self.model, max(self.runner.n_batch, 512), self.n_threads, self.n_threads_batch)
+        self.embedder = Embedder(self.model, max(self.runner.n_batch, 512), self.n_threads, self.n_threads_batch,
+                                 config.pooling, config.flash_attn)
         self._own_thread = thread is None
         self._thread = thread if thread is not None else EngineThread()
         self.worker = Worker(self.model, self.runner, self.scheduler, self.embedder, self._thread.inbox())

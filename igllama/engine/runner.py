@@ -36,13 +36,14 @@ class ContextConfig:
     n_threads: int = 0  # 0: all cores
     n_threads_batch: int = 0
     embeddings: bool = False
-    # With embeddings: llama.cpp's pooling (a LLAMA_POOLING_TYPE; unspecified:
-    # the model's own, mean for a generative model), and whether to stop each
-    # decode at the hidden states, never computing the vocabulary projection.
-    pooling: int = llama.LLAMA_POOLING_TYPE_UNSPECIFIED
+    # With embeddings: whether to stop each decode at the hidden states, never
+    # computing the vocabulary projection.
     hidden_states_only: bool = False
     cache_type_k: str = "f16"  # the KV cache's element types (KV_CACHE_TYPES)
     cache_type_v: str = "f16"
+    n_ubatch: int = 0  # tokens per physical decode (llama-server's -ub); 0: n_batch
+    flash_attn: str = "auto"  # FLASH_ATTN's keys
+    pooling: str | None = None  # embeddings only: POOLING's keys; None: the model's, else mean
 
 
 # The KV cache types llama-server offers, by their names there.
@@ -64,6 +65,13 @@ def _stop_at_hidden_states(tensor: int, ask: bool, _user_data: int) -> bool:
 HIDDEN_STATE_NAMES = (b"result_norm", b"result_embd_pooled")
 libggml.ggml_get_name.restype = ctypes.c_char_p
 libggml.ggml_get_name.argtypes = [ctypes.c_void_p]
+
+FLASH_ATTN = {"auto": llama.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": llama.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+              "off": llama.LLAMA_FLASH_ATTN_TYPE_DISABLED}
+# llama.cpp's poolings by llama-server's names ("none": a vector per token,
+# which only the embedder asks for, to pool a generative model's itself).
+POOLING = {"mean": llama.LLAMA_POOLING_TYPE_MEAN, "cls": llama.LLAMA_POOLING_TYPE_CLS,
+           "last": llama.LLAMA_POOLING_TYPE_LAST, "none": llama.LLAMA_POOLING_TYPE_NONE}
 
 # llama.cpp overflows 32-bit sizes (and aborts) on absurd contexts; refuse them first.
 MAX_CTX = 1 << 24
@@ -87,7 +95,8 @@ class Runner:
             raise ModelLoadError(f"batch size must be at least 1, not {config.n_batch}")
         params = llama.llama_context_default_params()
         params.n_ctx = config.n_ctx
-        params.n_batch = params.n_ubatch = min(config.n_batch, config.n_ctx)
+        params.n_batch = min(config.n_batch, config.n_ctx)
+        params.n_ubatch = min(config.n_ubatch, params.n_batch) if config.n_ubatch > 0 else params.n_batch
         params.n_seq_max = config.n_seq_max
         # A speculating sequence wants logits at every drafted position of a batch
         # (this llama.cpp otherwise allows one output per sequence).
@@ -103,15 +112,22 @@ class Runner:
             if name not in KV_CACHE_TYPES:
                 raise ModelLoadError(f"unknown KV cache type {name!r}; use one of {', '.join(KV_CACHE_TYPES)}")
         params.type_k, params.type_v = KV_CACHE_TYPES[config.cache_type_k], KV_CACHE_TYPES[config.cache_type_v]
+        if config.flash_attn not in FLASH_ATTN:
+            raise ModelLoadError(f"flash attention is on, off or auto, not {config.flash_attn!r}")
+        params.flash_attn_type = FLASH_ATTN[config.flash_attn]
         if config.cache_type_v not in ("f16", "f32", "bf16"):
+            if config.flash_attn == "off":
+                raise ModelLoadError(f"a quantized V cache ({config.cache_type_v}) needs flash attention: "
+                                     "drop --flash-attn off, or use --cache-type-v f16")
             params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_ENABLED  # llama.cpp needs it for a quantized V
         params.no_perf = True
         if config.embeddings:
             params.embeddings = True
-            params.pooling_type = config.pooling
-            if config.pooling == llama.LLAMA_POOLING_TYPE_UNSPECIFIED and model.metadata(
-                f"{model.architecture}.pooling_type"
-            ) is None:
+            if config.pooling is not None:
+                if config.pooling not in POOLING:
+                    raise ModelLoadError(f"pooling is one of {', '.join(POOLING)}, not {config.pooling!r}")
+                params.pooling_type = POOLING[config.pooling]
+            elif model.metadata(f"{model.architecture}.pooling_type") is None:
                 params.pooling_type = llama.LLAMA_POOLING_TYPE_MEAN  # generative models: mean
             if config.hidden_states_only:
                 params.cb_eval = _stop_at_hidden_states

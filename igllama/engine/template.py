@@ -173,10 +173,16 @@ def _compile(source: str) -> jinja2.Template:
         raise TemplateError(f"chat template has a syntax error (line {exc.lineno}): {exc.message}") from None
 
 
+def is_inline_jinja(text: str) -> bool:
+    """Whether a --chat-template is the template's text itself, as llama-server also takes it
+    (a name or a path has no Jinja delimiters)."""
+    return "{{" in text or "{%" in text
+
+
 def load_template(model: Any, override: str | None = None) -> ChatTemplate:
-    """The chat template for `model`: `override` (a built-in name or a Jinja
-    file), else the GGUF's own template, else a built-in format picked from
-    the model's architecture (chatml when nothing fits)."""
+    """The chat template for `model`: `override` (a built-in name, a Jinja
+    file, or Jinja text), else the GGUF's own template, else a built-in format
+    picked from the model's architecture (chatml when nothing fits)."""
     tokens = {"bos_token": model.bos_text, "eos_token": model.eos_text}
     if override:
         if override in builtin_template_names():
@@ -188,6 +194,8 @@ def load_template(model: Any, override: str | None = None) -> ChatTemplate:
             except (OSError, UnicodeDecodeError) as exc:
                 raise TemplateError(f"cannot read chat template file {override}: {exc}") from None
             return ChatTemplate(jinja_source=source, **tokens)
+        if is_inline_jinja(override):
+            return ChatTemplate(jinja_source=override, **tokens)
         raise TemplateError(
             f"--chat-template {override!r} is neither a built-in template nor a file "
             f"(built-ins: {', '.join(builtin_template_names())})"

@@ -6,6 +6,7 @@ to handlers returning a ``Response`` or an ``EventStream``; ``Server``
 listens (over TLS with a ``tls_context``) and stops gracefully.
 """
 
+from .cors import CorsError, CorsPolicy
 from .errors import HTTPError, ListenError, ParseError, default_error_body
 from .limits import Limits
 from .message import Headers, Request
@@ -17,6 +18,8 @@ from .tls import TLSError, tls_context
 __all__ = [
     "NDJSON",
     "SSE",
+    "CorsError",
+    "CorsPolicy",
     "EventStream",
     "HTTPError",
     "Handler",

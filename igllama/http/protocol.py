@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, cast
 
+from .cors import ANY_ORIGIN, CorsPolicy
 from .errors import HTTPError, ParseError, default_error_body
 from .flow import ConnectionLost, FlowControl
 from .limits import Limits
@@ -46,7 +47,7 @@ class HTTPProtocol(asyncio.Protocol):
     """Serves HTTP/1.1 requests on one connection."""
 
     __slots__ = (  # noqa: RUF023 - grouped by lifetime, as in __init__
-        "_router", "_limits", "_error_body", "_connections", "_loop",
+        "_router", "_limits", "_error_body", "_connections", "_loop", "_cors",
         "_transport", "_parser", "_flow", "_clock", "_watchdog", "_closing", "_lost", "_stopping",
         "_reading_paused", "_closed_waiter",
         "_task",
@@ -61,6 +62,7 @@ class HTTPProtocol(asyncio.Protocol):
         error_body: ErrorBody,
         connections: set[HTTPProtocol] | None = None,
         clock: Clock | None = None,
+        cors: CorsPolicy = ANY_ORIGIN,
     ) -> None:
         """Create the protocol for one connection; call it inside the running loop.
 
@@ -71,6 +73,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._router = router
         self._limits = limits
         self._error_body = error_body
+        self._cors = cors
         self._connections: set[HTTPProtocol] = connections if connections is not None else set()
         self._loop = asyncio.get_running_loop()
         # Owned by this connection.
@@ -257,7 +260,7 @@ class HTTPProtocol(asyncio.Protocol):
         flow = self._flow
         # The head goes out with the first frame, so that an error raised
         # before any event can still be an ordinary error response.
-        head: bytes | None = encode_stream_head(stream, chunked, connection)
+        head: bytes | None = encode_stream_head(stream, chunked, connection, self._cors_fields(request))
         failure: Response | None = None
 
         def ping() -> None:
@@ -333,13 +336,18 @@ class HTTPProtocol(asyncio.Protocol):
         if self._closing:
             return False
         head_only = request.method == "HEAD"
+        cors = self._cors_fields(request)
         if request.keep_alive and not self._stopping:
             connection = KEEP_OPEN if request.http_version == "1.1" else KEEP_ALIVE_1_0
-            self._transport.write(encode_response(response, connection, head_only))
+            self._transport.write(encode_response(response, connection, head_only, cors))
             return True
-        self._transport.write(encode_response(response, CLOSE, head_only))
+        self._transport.write(encode_response(response, CLOSE, head_only, cors))
         self._close()
         return False
+
+    def _cors_fields(self, request: Request) -> bytes:
+        fixed = self._cors.fixed
+        return fixed if fixed is not None else self._cors.fields(request.headers.get("origin"))
 
     def _write(self, data: bytes) -> None:
         if not self._closing:
@@ -361,7 +369,8 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _fail(self, status: int, message: str) -> None:
         """Answer a broken or too slow request with an error, then close."""
-        self._write(encode_response(self._error_response(status, message), CLOSE))
+        # (No request was parsed, so no Origin is known.)
+        self._write(encode_response(self._error_response(status, message), CLOSE, cors=self._cors.fields(None)))
         self._close()
 
     def _abort_response(self) -> None:

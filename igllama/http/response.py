@@ -16,17 +16,15 @@ from typing import Any, Final
 
 import orjson
 
+from .cors import ANY_ORIGIN
+
 JSON: Final = b"application/json"
 
 # Sent on every response, errors included, so that a browser page on any
-# origin can call the API (the Fetch standard's CORS protocol). Authorization
-# must be named: the Fetch standard never lets a wildcard cover it.
-CORS_HEADERS: Final = (
-    b"Access-Control-Allow-Origin: *\r\n"
-    b"Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
-    b"Access-Control-Allow-Headers: Content-Type, Authorization\r\n"
-)
-_COMMON: Final = b"Server: igllama\r\n" + CORS_HEADERS
+# origin can call the API (the Fetch standard's CORS protocol); a server with
+# a narrower CorsPolicy (http/cors.py) passes its own fields per response.
+CORS_HEADERS: Final = ANY_ORIGIN.fields(None)
+_COMMON: Final = b"Server: igllama\r\n"
 
 # The value of the Connection field a response needs (RFC 9112 §9.3, and
 # RFC 9112 §C.2.2 for the keep-alive an HTTP/1.0 client must see).
@@ -168,21 +166,25 @@ class EventStream:
             check_header_fields(self.headers)
 
 
-def encode_response(response: Response, connection: bytes, head_only: bool = False) -> bytes:
+def encode_response(response: Response, connection: bytes, head_only: bool = False,
+                    cors: bytes = CORS_HEADERS) -> bytes:
     """The bytes of a whole response; ``connection`` is CLOSE, KEEP_ALIVE_1_0 or KEEP_OPEN.
-    ``head_only`` (a HEAD request) keeps the Content-Length and leaves the body out."""
+    ``head_only`` (a HEAD request) keeps the Content-Length and leaves the body out;
+    ``cors``: the CORS fields for the request's origin (``CorsPolicy.fields``)."""
     # Field order carries no meaning between different names (RFC 9110
     # §5.3), so the fields that change per send come last. (date_line()
     # inlined: this runs once per response.)
     second = int(time.time())
     if second != _date_second:
         _format_date(second)
-    return b"".join((response._fixed_head, _date_field, connection, b"\r\n", b"" if head_only else response.body))
+    return b"".join((response._fixed_head, cors, _date_field, connection, b"\r\n",
+                     b"" if head_only else response.body))
 
 
-def encode_stream_head(stream: EventStream, chunked: bool, connection: bytes) -> bytes:
+def encode_stream_head(stream: EventStream, chunked: bool, connection: bytes, cors: bytes = CORS_HEADERS) -> bytes:
     """The head of an SSE response; ``chunked`` frames the body (HTTP/1.1 only)."""
-    parts = [_status_line(200), date_line(), _COMMON, b"Content-Type: ", stream.content_type, b"\r\n", _STREAM_FIELDS]
+    parts = [_status_line(200), date_line(), _COMMON, cors, b"Content-Type: ", stream.content_type, b"\r\n",
+             _STREAM_FIELDS]
     if chunked:
         parts.append(_CHUNKED)
     for name, value in stream.headers:

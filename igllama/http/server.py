@@ -12,6 +12,7 @@ import ssl
 import sys
 from collections.abc import Callable, Sequence
 
+from .cors import ANY_ORIGIN, CorsPolicy
 from .errors import ListenError, default_error_body
 from .limits import Limits
 from .protocol import ErrorBody, HTTPProtocol
@@ -55,20 +56,22 @@ class Server:
         limits: Limits = DEFAULT_LIMITS,
         error_body: ErrorBody = default_error_body,
         ssl_context: ssl.SSLContext | None = None,
+        cors: CorsPolicy = ANY_ORIGIN,
     ) -> Server:
         """Bind ``host:port`` (port 0 picks a free one) and start accepting connections.
 
         ``host`` may be an IPv4 or IPv6 address or a name such as
         ``localhost``, in which case every address it resolves to is bound,
-        all on the same port. Raises ``ListenError`` with a one-line message
+        all on the same port; or several of these separated by commas. Raises ``ListenError`` with a one-line message
         when it cannot listen. With ``ssl_context`` (see ``tls_context``)
         every connection starts with a TLS handshake: the server speaks HTTPS.
+        ``cors`` says which browser pages may read the responses (any, by default).
         """
         loop = asyncio.get_running_loop()
         connections: set[HTTPProtocol] = set()
 
         def make_protocol() -> HTTPProtocol:
-            return HTTPProtocol(router, limits, error_body, connections)
+            return HTTPProtocol(router, limits, error_body, connections, cors=cors)
 
         tls = tls_arguments(loop, ssl_context, limits)
         sockets = await _bind(loop, host, port)
@@ -85,7 +88,8 @@ class Server:
                 sock.close()
             raise
         bound_port = sockets[0].getsockname()[1]
-        return cls(host, bound_port, listeners, connections,
+        # (With several hosts, URLs name the first.)
+        return cls(host.split(",")[0].strip(), bound_port, listeners, connections,
                    scheme="http" if ssl_context is None else "https")
 
     @property
@@ -127,43 +131,57 @@ class Server:
             await listener.wait_closed()
 
 
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 async def _bind(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
-    """Listening sockets for every address of ``host``, all on one port."""
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        infos = await loop.getaddrinfo(
-            host, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM,
-            flags=socket.AI_PASSIVE,
-        )
-    except socket.gaierror as exc:
-        raise ListenError(
-            f"cannot listen on {where}: cannot resolve host ({exc.strerror})", exc.errno
-        ) from exc
-    addresses = list(dict.fromkeys((info[0], info[4]) for info in infos))
+    """Listening sockets for every address of ``host``, all on one port. ``host`` may
+    list several hosts separated by commas (llama-server's ``--host 127.0.0.1,::1``)."""
+    resolved: list[tuple[str, list[tuple[int, tuple[object, ...]]]]] = []
+    for name in (part.strip() for part in host.split(",")):
+        if not name:
+            raise ListenError(f"cannot listen on {host!r}: an empty host in the list", errno.EADDRNOTAVAIL)
+        try:
+            infos = await loop.getaddrinfo(
+                name, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM,
+                flags=socket.AI_PASSIVE,
+            )
+        except socket.gaierror as exc:
+            raise ListenError(
+                f"cannot listen on {_where(name, port)}: cannot resolve host ({exc.strerror})", exc.errno
+            ) from exc
+        resolved.append((name, list(dict.fromkeys((info[0], info[4]) for info in infos))))
     sockets: list[socket.socket] = []
+    bound: set[tuple[int, object]] = set()
     chosen_port = port
     try:
-        for family, address in addresses:
-            if chosen_port:
-                address = (address[0], chosen_port, *address[2:])
-            try:
-                sock = _listening_socket(family, address)
-            except OSError as exc:
-                # Like asyncio: an IPv6 address on a host without IPv6 is
-                # skipped when another address of the name can be bound.
-                if exc.errno == errno.EADDRNOTAVAIL and len(addresses) > 1:
+        for name, addresses in resolved:
+            bound_before = len(sockets)
+            for family, address in addresses:
+                if (family, address[0]) in bound:  # the same address named twice
                     continue
-                reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
-                raise ListenError(f"cannot listen on {where}: {reason}", exc.errno) from exc
-            sockets.append(sock)
-            # With port 0, every further address reuses the port the first got.
-            chosen_port = sock.getsockname()[1]
+                if chosen_port:
+                    address = (address[0], chosen_port, *address[2:])
+                try:
+                    sock = _listening_socket(family, address)
+                except OSError as exc:
+                    # Like asyncio: an IPv6 address on a host without IPv6 is
+                    # skipped when another address of the name can be bound.
+                    if exc.errno == errno.EADDRNOTAVAIL and len(addresses) > 1:
+                        continue
+                    reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
+                    raise ListenError(f"cannot listen on {_where(name, chosen_port)}: {reason}", exc.errno) from exc
+                sockets.append(sock)
+                bound.add((family, address[0]))
+                # With port 0, every further address reuses the port the first got.
+                chosen_port = sock.getsockname()[1]
+            if len(sockets) == bound_before and not any((f, a[0]) in bound for f, a in addresses):
+                raise ListenError(f"cannot listen on {_where(name, port)}: no usable address", errno.EADDRNOTAVAIL)
     except BaseException:
         for sock in sockets:
             sock.close()
         raise
-    if not sockets:
-        raise ListenError(f"cannot listen on {where}: no usable address", errno.EADDRNOTAVAIL)
     return sockets
 
 

@@ -74,7 +74,7 @@ BAD_FLAGS: list[tuple[list[str], list[str]]] = [
     (["-n", "-5"], ["--max-tokens", "at least 1"]),
     (["-n", "many"], ["--max-tokens", "not a whole number"]),
     (["-ngl", "-2"], ["--gpu-layers must be -1 (all) or more, not -2"]),
-    (["-ngl", "all"], ["--gpu-layers", "not a whole number"]),
+    (["-ngl", "lots"], ["--gpu-layers", "not a whole number"]),  # (all and auto are llama-server's: -1)
     (["-t", "0"], ["--threads", "at least 1"]),
     (["-np", "0"], ["--parallel", "at least 1"]),
     (["-b", "x"], ["--batch-size", "not a whole number"]),

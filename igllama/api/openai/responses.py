@@ -98,7 +98,13 @@ def parse_responses(data: dict[str, Any], app: App, store: ResponseStore) -> Res
     tools, choice = parse_tools({"tools": _flat_tools(data.get("tools")), "tool_choice": _tool_choice(data)})
     sampling = SamplingParams(
         temperature=number(data, "temperature", app.defaults.temperature, 0.0, 2.0),
-        top_p=number(data, "top_p", 0.95, 0.0, 1.0),
+        top_p=number(data, "top_p", app.defaults.top_p, 0.0, 1.0),
+        top_k=app.defaults.top_k,
+        min_p=app.defaults.min_p,
+        seed=app.defaults.seed,
+        repeat_penalty=app.defaults.repeat_penalty,
+        presence_penalty=app.defaults.presence_penalty,
+        frequency_penalty=app.defaults.frequency_penalty,
     )
     request = CompletionRequest(
         messages=messages,
