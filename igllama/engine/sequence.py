@@ -61,6 +61,8 @@ class CompletionRequest:
     # Let the engine speculate (n-gram drafts) when it pays; off, the reply is the same, only slower.
     speculate: bool = True
     return_progress: bool = False  # `Progress` events while the prompt is prefilled (llama-server's)
+    # LoRA adapters as (id, scale) pairs (llama-server's `lora` field); None: the server's global scales.
+    lora: tuple[tuple[int, float], ...] | None = None
 
     @property
     def offered_tools(self) -> tuple[ToolSpec, ...]:
@@ -142,6 +144,7 @@ class Sequence:
         "drafter",
         "id",
         "leader",
+        "lora",
         "max_tokens",
         "n_accepted",
         "n_bytes_generated",
@@ -179,8 +182,11 @@ class Sequence:
         leader: Sequence | None = None,
         drafter: Drafter | None = None,
         report_progress: bool = False,
+        lora: tuple[tuple[int, float], ...] = (),
     ) -> None:
         self.id = seq_id
+        # The LoRA adapters its decodes run with (lora.LoraKey): only equal keys share a batch.
+        self.lora = lora
         self.report_progress = report_progress  # a `Progress` event after each prefill chunk
         # Another choice of the same request (n > 1): this one waits until the
         # leader's prompt is in the KV cache, then shares its cells.
