@@ -56,6 +56,9 @@ class ServerConfig:
     models_dir: str | None = None
     models_max: int = 0  # models loaded at once, at most; 0: no limit
     models_idle_unload: float = 0.0  # seconds idle before a model is unloaded; 0: never
+    slot_save_path: str | None = None  # directory for POST /slots/{id}?action=save|restore; None: those 501
+    lora: tuple[tuple[str, float], ...] = ()  # LoRA adapter files and their scales, for the first model
+    lora_init_without_apply: bool = False  # adapters loaded at scale 0 until POST /lora-adapters
 
 
 def server_config(model: str | Path | None, **settings: Any) -> ServerConfig:
@@ -67,6 +70,9 @@ def server_config(model: str | Path | None, **settings: Any) -> ServerConfig:
         raise TypeError(f"unknown igllama setting(s) {', '.join(unknown)}; use: {', '.join(sorted(known))}")
     if "models" in settings:
         settings["models"] = tuple(str(path) for path in settings["models"])
+    if "lora" in settings:  # paths alone (scale 1) or (path, scale) pairs
+        settings["lora"] = tuple((str(item), 1.0) if isinstance(item, (str, Path)) else (str(item[0]), float(item[1]))
+                                 for item in settings["lora"])
     if model is None and not settings.get("models_dir") and not settings.get("models"):
         raise TypeError("give a model file, or models_dir= or models= to serve several")
     return ServerConfig(model=str(model) if model is not None else "", **settings)

@@ -30,6 +30,7 @@ from igllama.api import AppSettings, create_app, error_body
 from igllama.catalog import CatalogModel, scan
 from igllama.config import ServerConfig, server_config
 from igllama.engine import Engine, EngineConfig, ModelConfig, ShuttingDown, default_threads
+from igllama.engine.lora import LoraSpec
 from igllama.engine.model import check_gguf_file
 from igllama.engine.pool import EnginePool, ModelSpec
 from igllama.engine.speculation import SpecConfig
@@ -70,6 +71,9 @@ def engine_config(config: ServerConfig, model: CatalogModel | None = None) -> En
         cache_type_k=config.cache_type_k,
         cache_type_v=config.cache_type_v,
         spec=SpecConfig(config.spec, config.spec_draft_max, config.spec_ngram_min, config.spec_ngram_max),
+        # Adapters fit one architecture: they go with the model named first (llama-server has only that one).
+        lora=tuple(LoraSpec(path, scale) for path, scale in config.lora) if path == config.model else (),
+        lora_apply=not config.lora_init_without_apply,
     )
 
 
@@ -105,7 +109,7 @@ class Server:
         self.model_id = self.pool.default.name
         self.app = create_app(AppSettings(self.model_id, config.max_tokens, config.temp, config.api_key,
                                    config.responses_store, metrics=config.metrics, slots=config.slots,
-                                   sse_ping=config.sse_ping))
+                                   sse_ping=config.sse_ping, slot_save_path=config.slot_save_path))
         self._http: HTTPServer | None = None
         self._closed = False
 

@@ -58,6 +58,7 @@ class AppSettings:
     metrics: bool = False  # GET /metrics (Prometheus)
     slots: bool = True  # GET /slots
     sse_ping: float = 5.0  # seconds without a frame after which an SSE stream gets a `: ping` comment; 0 never
+    slot_save_path: str | None = None  # where POST /slots/{id}?action=save|restore keeps files; None: 501
 
 
 class App:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from igllama.api import anthropic, ollama, openai, page, slots, utility
+from igllama.api import anthropic, lora, ollama, openai, page, slot_actions, slots, utility
 from igllama.api.app import App, AppSettings
 
-DIALECTS = (openai, anthropic, ollama, page, utility, slots)
+DIALECTS = (openai, anthropic, ollama, page, utility, slots, slot_actions, lora)
 
 
 def create_app(settings: AppSettings) -> App:
