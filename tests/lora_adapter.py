@@ -12,7 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import gguf
+import llama_cpp.llama_cpp as llama
 import numpy as np
+
+from igllama.engine.model import Model, ModelConfig
 
 
 def write_adapter(model_path: str | Path, target: Path, *, layers: tuple[int, ...] = (0, 1),
@@ -22,9 +25,7 @@ def write_adapter(model_path: str | Path, target: Path, *, layers: tuple[int, ..
     llama.cpp checks each pair against its base weight (ggml shape [n_in, n_out]):
     lora_a is [n_in, rank] and lora_b [rank, n_out]; numpy shapes are the reverse.
     """
-    reader = gguf.GGUFReader(str(model_path))
-    architecture = bytes(reader.fields["general.architecture"].parts[-1]).decode()
-    shapes = {tensor.name: [int(n) for n in tensor.shape] for tensor in reader.tensors}
+    architecture, n_in, n_out = _query_shape(str(model_path))
     rng = np.random.default_rng(seed)
     writer = gguf.GGUFWriter(str(target), architecture)
     writer.add_string("general.type", "adapter")
@@ -32,7 +33,6 @@ def write_adapter(model_path: str | Path, target: Path, *, layers: tuple[int, ..
     writer.add_float32("adapter.lora.alpha", float(rank))  # alpha / rank = 1: the scale is the multiplier
     for layer in layers:
         name = f"blk.{layer}.attn_q.weight"
-        n_in, n_out = shapes[name]
         lora_a = (rng.standard_normal((rank, n_in)) * magnitude).astype(np.float32)
         lora_b = (rng.standard_normal((n_out, rank)) * magnitude).astype(np.float32)
         writer.add_tensor(f"{name}.lora_a", lora_a)
@@ -42,3 +42,15 @@ def write_adapter(model_path: str | Path, target: Path, *, layers: tuple[int, ..
     writer.write_tensors_to_file()
     writer.close()
     return target
+
+
+def _query_shape(model_path: str) -> tuple[str, int, int]:
+    """The architecture and the query projection's (n_in, n_out), from the model's metadata
+    (gguf's reader would parse the whole 262k-token vocabulary first: half a minute)."""
+    model = Model(ModelConfig(model_path))
+    try:
+        n_embd, n_head = model.n_embd, llama.llama_model_n_head(model.pointer)
+        head_dim = model.metadata(f"{model.architecture}.attention.key_length")
+        return model.architecture, n_embd, n_head * (int(head_dim) if head_dim else n_embd // n_head)
+    finally:
+        model.close()
