@@ -104,3 +104,15 @@ def test_an_adapter_for_another_model_or_no_file_is_a_load_error(model_path: str
     broken.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(ModelLoadError, match="LoRA adapter"):
         Engine(EngineConfig(ModelConfig(model_path), n_ctx=256, lora=(LoraSpec(str(broken)),)))
+
+
+async def test_different_scales_take_turns_and_equal_scales_share_decodes(engine: Engine) -> None:
+    async def decodes(loras: tuple[tuple[tuple[int, float], ...] | None, ...]) -> int:
+        before = engine.steps
+        await asyncio.gather(*(logprobs(engine, lora, text) for lora, text in zip(loras, ("A fox.", "A bear."))))
+        return engine.steps - before
+
+    # Six tokens each: together one prefill step and five decodes; apart twice that.
+    assert await decodes((((0, 1.0),), ((0, 1.0),))) <= 7
+    assert await decodes((None, ((0, 1.0),))) >= 12
+    assert await decodes((((0, 0.5),), ((0, 1.0),))) >= 12
