@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,17 @@ from typing import Any
 import pytest
 import requests
 
-from tests.api.conftest import ONE_THREAD, TIMEOUT, ServerProcess, chat, start_process, user
+from tests.api.conftest import (
+    ONE_THREAD,
+    STARTUP_TIMEOUT,
+    TIMEOUT,
+    ServerProcess,
+    chat,
+    health_status,
+    start_process,
+    user,
+    wait_until,
+)
 
 LOG = "You keep a ship's log. " + " ".join(f"Day {i}: calm sea, wind from the west, all hands well." for i in range(10))
 
@@ -121,3 +134,73 @@ def test_a_busy_slot_is_a_409(slot_server: ServerProcess) -> None:
         # Generating now: the one slot is busy.
         error = llama_error(action(slot_server, 0, "save", {"filename": "busy.bin"}), 409)
         assert "slot 0" in error["message"]
+
+
+# -- beside llama-server (the reference build of scripts/reference_server.py, when it is there)
+
+
+def reference_binary() -> Path | None:
+    try:
+        version = importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    binary = Path.home() / ".cache" / "igllama" / f"llama-server-{version}" / "llama-server"
+    return binary if binary.is_file() else None
+
+
+@pytest.fixture(scope="module")
+def reference(model_path: str, slots_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = reference_binary()
+    if binary is None:
+        pytest.skip("no reference llama-server: build it with scripts/reference_server.py")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path_factory.mktemp("reference") / "log").open("wb")
+    process = subprocess.Popen([str(binary), "-m", model_path, "--port", str(port), "-c", "1024", "-np", "1",
+                                "-t", "1", "--slot-save-path", str(slots_dir)], stdout=log, stderr=log,
+                               stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: health_status(url) == 200, STARTUP_TIMEOUT, "the reference llama-server did not start")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
+
+
+def test_shapes_and_statuses_match_llama_server(reference: str, slot_server: ServerProcess) -> None:
+    def both(slot: int | str, what: str, body: Any) -> tuple[requests.Response, requests.Response]:
+        ours = action(slot_server, slot, what, body)
+        theirs = requests.post(f"{reference}/slots/{slot}?action={what}", json=body, timeout=TIMEOUT)
+        return ours, theirs
+
+    for server_url in (slot_server.url, reference):
+        chat(server_url, user(LOG, 4))
+    for what, name in (("save", "ours.bin"), ("restore", "ours.bin"), ("erase", None)):
+        ours, theirs = both(0, what, {"filename": name} if name else None)
+        assert ours.status_code == theirs.status_code == 200, (ours.text, theirs.text)
+        assert set(ours.json()) == set(theirs.json())
+        assert {k: type(v) for k, v in ours.json().items()} == {k: type(v) for k, v in theirs.json().items()}
+    for slot, what, body in ((0, "bogus", {"filename": "a.bin"}), ("x", "save", {"filename": "a.bin"}),
+                             (0, "save", {"filename": "../a.bin"})):
+        ours, theirs = both(slot, what, body)
+        assert ours.status_code == theirs.status_code == 400
+        assert set(ours.json()["error"]) == set(theirs.json()["error"])
+        assert ours.json()["error"]["type"] == theirs.json()["error"]["type"]
+
+
+def test_a_file_llama_server_saved_restores_here(reference: str, slot_server: ServerProcess) -> None:
+    """The file format is llama.cpp's: llama-server's file loads into our context. (The token ids
+    llama-server records are its slot's, which need not be the ones igllama makes of a prompt:
+    reuse across the two servers is not promised, see docs/slots-and-lora.md.)"""
+    body = {"prompt": LOG, "max_tokens": 4, "temperature": 0}
+    assert requests.post(f"{reference}/v1/completions", json=body, timeout=TIMEOUT).status_code == 200
+    saved = requests.post(f"{reference}/slots/0?action=save", json={"filename": "theirs.bin"}, timeout=TIMEOUT)
+    assert saved.status_code == 200 and saved.json()["n_saved"] > 0
+    restored = action(slot_server, 0, "restore", {"filename": "theirs.bin"})
+    assert restored.status_code == 200, restored.text
+    assert restored.json()["n_read"] == saved.json()["n_written"]
+    assert restored.json()["n_restored"] >= saved.json()["n_saved"]
+    assert chat(slot_server.url, user("Still well?", 2)).status_code == 200
