@@ -85,6 +85,7 @@ def test_save_restart_restore_gives_the_same_reply_from_the_cache(
         assert again["choices"][0]["message"]["content"] == cold["choices"][0]["message"]["content"]
         prompt_tokens = again["usage"]["prompt_tokens"]
         assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == prompt_tokens - 1
+        assert again["timings"]["cache_n"] == prompt_tokens - 1  # llama-server's count of it
         erased = action(restarted, 0, "erase")
         assert erased.status_code == 200 and erased.json()["id_slot"] == 0
         assert erased.json()["n_erased"] >= prompt_tokens
