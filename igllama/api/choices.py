@@ -39,6 +39,7 @@ class Reply:
     thoughts: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None  # None: not asked for
     done: Finished | None = None
+    tokens: list[int] = field(default_factory=list)  # the ids, when the request asked for them
 
     def add(self, event: TextDelta | Finished) -> None:
         if isinstance(event, TextDelta):
@@ -46,6 +47,8 @@ class Reply:
             self.thoughts.append(event.reasoning)
             if self.logprobs is not None:
                 self.logprobs.extend(event.logprobs)
+            if event.tokens:
+                self.tokens.extend(event.tokens)
         else:
             self.done = event
 

@@ -15,7 +15,8 @@ from igllama.engine import (
 )
 from igllama.http import Response
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 503: "unavailable_error"}
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          501: "not_supported_error", 503: "unavailable_error"}  # (501: llama-server's name for it)
 
 
 class APIError(Exception):
@@ -69,13 +70,18 @@ def from_engine(exc: EngineError, param: str) -> APIError:
     return APIError(500, f"{exc}; see the server log")
 
 
+def error_type(status: int) -> str:
+    """The `type` of an error with this status (OpenAI's names; llama-server uses the same)."""
+    return _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+
+
 def error_body(status: int, message: str) -> bytes:
     """The body of an error the HTTP layer itself produces (404, 405, 413, ...)."""
     return _body(status, message, None, None)
 
 
 def _body(status: int, message: str, param: str | None, code: str | int | None) -> bytes:
-    error_type = _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
     return orjson.dumps(
-        {"error": {"message": message, "type": error_type, "param": param, "code": code if code is not None else status}}
+        {"error": {"message": message, "type": error_type(status), "param": param,
+                   "code": code if code is not None else status}}
     )

@@ -26,6 +26,7 @@ MAX_STOP_CHARS = 1024  # one stop string's length: the reply's text is held back
 MAX_LOGIT_BIAS = 1024  # tokens one request may bias
 MAX_CHOICES = 128  # OpenAI's bound on `n`; each choice is a request of its own in the queue
 INT32_MAX = 2**31 - 1  # llama.cpp takes top_k as int32_t: a larger value would wrap
+MAX_REPEAT_LAST_N = 65536  # llama.cpp keeps a ring buffer of this many token ids per request
 
 T = TypeVar("T")
 
@@ -81,6 +82,8 @@ def sampling_params(data: dict[str, Any], defaults: Defaults) -> SamplingParams:
         min_p=number(data, "min_p", 0.05, 0.0, 1.0),
         seed=integer(data, "seed", None, None),
         repeat_penalty=number(data, "repeat_penalty", 1.0, 0.0, 10.0, exclusive_min=True),
+        # (llama-server's -1, "the context size", is refused: llama.cpp's sampler reads it as 0, off)
+        repeat_last_n=integer(data, "repeat_last_n", 64, 0, MAX_REPEAT_LAST_N),
         presence_penalty=number(data, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=number(data, "frequency_penalty", 0.0, -2.0, 2.0),
         logit_bias=logit_bias(data.get("logit_bias")),

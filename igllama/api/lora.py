@@ -16,7 +16,7 @@ import orjson
 
 from igllama.api.errors import APIError, from_engine
 from igllama.api.fields import is_int, query_value
-from igllama.api.native_errors import llama_server_error
+from igllama.api.llamacpp.errors import native_response
 from igllama.engine import EngineError
 from igllama.http import Request, Response
 
@@ -29,8 +29,8 @@ _MAX_BODY = 64 * 1024
 
 
 def routes(app: App) -> None:
-    app.add("GET", "/lora-adapters", lambda request: list_adapters(app, request), llama_server_error)
-    app.add("POST", "/lora-adapters", lambda request: set_adapters(app, request), llama_server_error)
+    app.add("GET", "/lora-adapters", lambda request: list_adapters(app, request), native_response)
+    app.add("POST", "/lora-adapters", lambda request: set_adapters(app, request), native_response)
 
 
 async def list_adapters(app: App, request: Request) -> Response:

@@ -61,6 +61,12 @@ class Metrics:
         self.generated_tokens = 0
         self.drafted_tokens = 0
         self.accepted_tokens = 0
+        self.prefill_seconds = 0.0
+        self.generation_seconds = 0.0
+        self.longest_sequence = 0  # prompt + reply tokens of the longest request so far
+        # (prompt tokens, their seconds, generated tokens, their seconds) at the last scrape:
+        # llama-server's throughput gauges cover the time since then.
+        self._last_scrape = (0, 0.0, 0, 0.0)
         self.first_token = Histogram(_LATENCY_BUCKETS)
         self.per_output_token = Histogram(_TOKEN_BUCKETS)
         self.queue_wait = Histogram(_LATENCY_BUCKETS)
@@ -76,6 +82,9 @@ class Metrics:
         self.generated_tokens += done.completion_tokens
         self.drafted_tokens += done.drafted
         self.accepted_tokens += done.accepted
+        self.prefill_seconds += done.prefill_ms / 1000.0
+        self.generation_seconds += done.generation_ms / 1000.0
+        self.longest_sequence = max(self.longest_sequence, done.prompt_tokens + done.completion_tokens)
         self.first_token.observe(done.first_token_seconds)
         self.queue_wait.observe(done.queued_ms / 1000.0)
         per_token = done.seconds_per_output_token
@@ -139,7 +148,47 @@ class Metrics:
             per_model("igllama_kv_cells_total", "gauge", "KV cache cells (--ctx-size).", lambda s: s.kv_cells_total)
             per_model("igllama_prompt_cache_bytes", "gauge", "Idle slots' KV states kept in host RAM (--cache-ram).",
                       lambda s: s.prompt_cache_bytes)
+        out += self._llamacpp(engines)
         return ("\n".join(out) + "\n").encode()
+
+    def _llamacpp(self, engines: dict[str, EngineStats]) -> list[str]:
+        """llama-server's `llamacpp:` metrics, from the same counts as ours, so that its dashboards
+        work unchanged. One server, so no model label: engine counts are summed over loaded models.
+        Its throughput gauges, as in llama-server, cover the requests ended since the last scrape."""
+        prompt_tokens = self.prompt_tokens - self.cached_prompt_tokens  # (llama-server's excludes cached ones)
+        now = (prompt_tokens, self.prefill_seconds, self.generated_tokens, self.generation_seconds)
+        since = [a - b for a, b in zip(now, self._last_scrape)]
+        self._last_scrape = now
+        out: list[str] = []
+
+        def one(name: str, kind: str, help_text: str, value: float) -> None:
+            out.extend((f"# HELP llamacpp:{name} {help_text}", f"# TYPE llamacpp:{name} {kind}",
+                        f"llamacpp:{name} {_number(value)}"))
+
+        one("prompt_tokens_total", "counter", "Number of prompt tokens processed, excluding cached tokens",
+            prompt_tokens)
+        one("prompt_tokens_cached_total", "counter", "Number of prompt tokens reused from the cache",
+            self.cached_prompt_tokens)
+        one("prompt_seconds_total", "counter", "Total time spent processing prompts", self.prefill_seconds)
+        one("tokens_predicted_total", "counter", "Number of generation tokens processed", self.generated_tokens)
+        one("tokens_predicted_seconds_total", "counter", "Total time spent generating tokens",
+            self.generation_seconds)
+        one("n_decode_total", "counter", "Total number of llama_decode() calls",
+            sum(stats.decode_steps for stats in engines.values()))
+        one("n_tokens_max", "counter", "Largest observed sequence length (prompt + generation)",
+            self.longest_sequence)
+        one("spec_decode_num_draft_tokens_total", "counter", "Speculative: Total draft tokens generated",
+            self.drafted_tokens)
+        one("spec_decode_num_accepted_tokens_total", "counter",
+            "Speculative: Total draft tokens accepted by the target model", self.accepted_tokens)
+        one("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s",
+            since[0] / since[1] if since[1] > 0 else 0.0)
+        one("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s",
+            since[2] / since[3] if since[3] > 0 else 0.0)
+        one("requests_processing", "gauge", "Number of requests processing",
+            sum(stats.running for stats in engines.values()))
+        one("requests_deferred", "gauge", "Number of requests deferred", sum(stats.queued for stats in engines.values()))
+        return out
 
 
 def _number(value: float) -> str:

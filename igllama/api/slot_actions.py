@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from igllama.api.errors import APIError, from_engine
 from igllama.api.fields import parse_json, query_value
-from igllama.api.native_errors import llama_server_error
+from igllama.api.llamacpp.errors import native_response
 from igllama.engine import EngineError
 from igllama.engine.slot_files import ACTIONS, SlotBusy, SlotOutcome
 from igllama.http import Request, Response
@@ -35,7 +35,7 @@ _FORBIDDEN = re.compile(r"[/\\:\x00-\x1f\x7f]")
 
 
 def routes(app: App) -> None:
-    app.add("POST", "/slots/{id}", lambda request: slot_action(app, request), llama_server_error)
+    app.add("POST", "/slots/{id}", lambda request: slot_action(app, request), native_response)
 
 
 async def slot_action(app: App, request: Request) -> Response:

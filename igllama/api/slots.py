@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from igllama.api.errors import APIError
 from igllama.api.fields import query_value
+from igllama.api.llamacpp.settings import generation_params
 from igllama.api.metrics import CONTENT_TYPE
+from igllama.api.utility import slot_n_ctx
 from igllama.engine import SlotStats
 from igllama.http import Request, Response
 
@@ -31,21 +33,23 @@ async def slots(app: App, request: Request) -> Response:
     if not app.settings.slots:
         raise _unavailable("/slots", "without --no-slots")
     engine = await app.engine(query_value(request.query, "model"))  # (llama-server's router: ?model=)
-    stats = engine.stats
-    return Response.json(200, [_slot(slot, stats.kv_cells_total) for slot in stats.slots])
+    n_ctx = slot_n_ctx(engine)
+    return Response.json(200, [_slot(slot, n_ctx) for slot in engine.stats.slots])
 
 
 async def metrics(app: App, request: Request) -> Response:
     if not app.settings.metrics:
         raise _unavailable("/metrics", "with --metrics")
     stats = {listed.name: listed.engine.stats for listed in app.listing() if listed.engine is not None}
-    return Response(200, app.metrics.exposition(stats), content_type=CONTENT_TYPE)
+    # (llama-server's header; when the server started, for rate computations across restarts)
+    return Response(200, app.metrics.exposition(stats), content_type=CONTENT_TYPE,
+                    headers=[(b"Process-Start-Time-Unix", str(app.created).encode())])
 
 
 def _slot(slot: SlotStats, n_ctx: int) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": slot.id,
-        "n_ctx": n_ctx,  # one unified KV pool: any slot may use all of it
+        "n_ctx": n_ctx,  # llama-server's per-slot share (one unified KV pool: a lone request may use more)
         "speculative": slot.speculative,
         "is_processing": slot.is_processing,
         "id_task": slot.task_id if slot.task_id is not None else -1,
@@ -59,16 +63,9 @@ def _slot(slot: SlotStats, n_ctx: int) -> dict[str, Any]:
         n_prompt_tokens_processed=slot.n_prompt_processed,
         n_prompt_tokens_cache=slot.n_prompt_cached,
     )
-    params: dict[str, Any] = {"n_predict": slot.n_decoded + slot.n_remain}
-    if slot.sampling is not None:
-        s = slot.sampling
-        params.update(
-            temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
-            seed=s.seed if s.seed is not None else -1, repeat_penalty=s.repeat_penalty,
-            repeat_last_n=s.repeat_last_n, presence_penalty=s.presence_penalty,
-            frequency_penalty=s.frequency_penalty, grammar=s.grammar,
-        )
-    body["params"] = params
+    n_predict = slot.n_decoded + slot.n_remain
+    body["params"] = (generation_params(slot.sampling, n_predict) if slot.sampling is not None
+                      else {"n_predict": n_predict})
     body["next_token"] = [{"has_next_token": slot.n_remain > 0, "n_remain": slot.n_remain, "n_decoded": slot.n_decoded}]
     if slot.speculative:
         body["speculative_stats"] = {"draft_n": slot.n_drafted, "draft_n_accepted": slot.n_accepted}

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from igllama.api.errors import APIError, from_engine
 from igllama.api.fields import boolean, is_int, model_name, parse_body, parse_json, query_value
+from igllama.api.llamacpp.settings import generation_params
+from igllama.api.openai.chat_replies import BUILD_INFO
 from igllama.api.openai.chat_requests import parse_chat
-from igllama.engine import EngineError
+from igllama.engine import EngineError, SamplingParams
 from igllama.http import Request, Response
 
 if TYPE_CHECKING:
@@ -88,9 +90,8 @@ async def props(app: App, request: Request) -> Response:
     engine = await app.engine(requested)
     config = engine.config
     settings: dict[str, Any] = {
-        "n_ctx": engine.n_ctx,
-        "params": {"n_predict": app.defaults.max_tokens, "temperature": app.defaults.temperature,
-                   "top_k": 40, "top_p": 0.95, "min_p": 0.05},
+        "n_ctx": slot_n_ctx(engine),
+        "params": generation_params(SamplingParams(temperature=app.defaults.temperature), app.defaults.max_tokens),
     }
     return Response.json(200, {
         "default_generation_settings": settings,
@@ -98,6 +99,16 @@ async def props(app: App, request: Request) -> Response:
         "model_alias": app.model(requested).name,
         "model_path": engine.model.path,
         "chat_template": engine.template.source or engine.template.description,
-        "modalities": {"vision": False, "audio": False},
-        "build_info": "igllama",
+        "modalities": {"vision": False, "video": False, "audio": False},
+        "endpoint_slots": app.settings.slots,
+        "endpoint_props": False,  # (POST /props is refused: settings change by restarting)
+        "endpoint_metrics": app.settings.metrics,
+        "build_info": BUILD_INFO,
     })
+
+
+def slot_n_ctx(engine: Engine) -> int:
+    """A slot's context as llama-server reports it: the context divided among the slots
+    (`-c 512 -np 2`: 256). igllama's slots share one KV pool, so a lone long request
+    may use more; this is what each of them can count on when all are busy."""
+    return engine.n_ctx // max(engine.config.n_slots, 1)

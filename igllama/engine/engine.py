@@ -285,6 +285,8 @@ class Engine:
                     leader=sequences[0] if sequences and request.cache_prompt else None,
                     drafter=Drafter(self.config.spec, self.costs, prompt) if self.costs and request.speculate else None,
                     report_progress=request.return_progress,
+                    return_tokens=request.return_tokens,
+                    preferred_slot=request.slot_id,
                     lora=lora,
                 ))
         except Exception:

@@ -133,7 +133,11 @@ class Scheduler:
             return None  # another choice of the same prompt: share the leader's prefill, do not repeat it
         if not self._has_room_for(seq):
             return None  # wait for running sequences to finish; FIFO order is kept
-        slot = max(free, key=lambda s: (common_prefix_length(s.tokens, seq.prompt), -s.last_used))
+        preferred = [s for s in free if s.seq_id == seq.preferred_slot]
+        # A slot the client asked for (llama-server's id_slot) when it is free; never waited for,
+        # so one request's wish cannot hold up the queue behind it.
+        slot = preferred[0] if preferred else max(
+            free, key=lambda s: (common_prefix_length(s.tokens, seq.prompt), -s.last_used))
         self.waiting.popleft()
         self._clock += 1
         slot.last_used = self._clock

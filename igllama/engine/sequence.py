@@ -61,6 +61,9 @@ class CompletionRequest:
     # Let the engine speculate (n-gram drafts) when it pays; off, the reply is the same, only slower.
     speculate: bool = True
     return_progress: bool = False  # `Progress` events while the prompt is prefilled (llama-server's)
+    return_tokens: bool = False  # each delta carries the ids of the tokens it releases (llama-server's `tokens`)
+    # The slot to run on when it is free (llama-server's `id_slot`); otherwise, or None, the usual choice.
+    slot_id: int | None = None
     # LoRA adapters as (id, scale) pairs (llama-server's `lora` field); None: the server's global scales.
     lora: tuple[tuple[int, float], ...] | None = None
 
@@ -79,6 +82,7 @@ class TextDelta:
     reasoning: str = ""  # new text of the reasoning block, kept apart from the answer
     calls: tuple[CallDelta, ...] = ()  # pieces of tool calls as they stream
     progress: Progress | None = None  # the prompt's prefill so far (asked with `return_progress`)
+    tokens: tuple[int, ...] = ()  # ids of the tokens generated since the last delta (asked with `return_tokens`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,7 @@ class Finished:
     drafted: int = 0  # tokens speculation proposed
     accepted: int = 0  # of those, the ones the model's own sampling confirmed
     queued_ms: float = 0.0  # waiting for a slot, before the prefill
+    slot: int = -1  # the slot that served the request (llama-server's `id_slot`)
 
     @property
     def first_token_seconds(self) -> float:
@@ -156,6 +161,8 @@ class Sequence:
         "n_logprobs",
         "next_token",
         "pending_logprobs",
+        "pending_tokens",
+        "preferred_slot",
         "prompt",
         "report_progress",
         "reuse_cache",
@@ -182,9 +189,14 @@ class Sequence:
         leader: Sequence | None = None,
         drafter: Drafter | None = None,
         report_progress: bool = False,
+        return_tokens: bool = False,
+        preferred_slot: int | None = None,
         lora: tuple[tuple[int, float], ...] = (),
     ) -> None:
         self.id = seq_id
+        # Generated token ids not yet sent with a delta; None: not asked for.
+        self.pending_tokens: list[int] | None = [] if return_tokens else None
+        self.preferred_slot = preferred_slot
         # The LoRA adapters its decodes run with (lora.LoraKey): only equal keys share a batch.
         self.lora = lora
         self.report_progress = report_progress  # a `Progress` event after each prefill chunk
@@ -236,6 +248,7 @@ class Sequence:
             cached_tokens=self.n_cached,
             completion_tokens=self.n_generated,
             queued_ms=(self.t_admitted - self.t_submitted) * 1000.0 if self.t_admitted else 0.0,
+            slot=self.slot.seq_id if self.slot is not None else -1,
             prefill_ms=(first - self.t_admitted) * 1000.0 if self.t_admitted else 0.0,
             generation_ms=(now - first) * 1000.0,
         )

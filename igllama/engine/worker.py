@@ -297,6 +297,8 @@ class Worker:
             self._finish(seq, "stop")
             return
         seq.n_generated += 1
+        if seq.pending_tokens is not None:
+            seq.pending_tokens.append(token)
         if seq.drafter is not None:
             seq.drafter.append(token)
         piece = model.piece(token)
@@ -349,19 +351,24 @@ class Worker:
 
         Text is held back (a possible stop string, half a character), so a
         token's entry goes out with the delta that shows its text; the tokens
-        of a stop string are never shown, and their entries never sent."""
+        of a stop string are never shown, and their entries never sent. Asked
+        for, the ids of the tokens generated since the last delta go with it."""
+        tokens: tuple[int, ...] = ()
+        if seq.pending_tokens:
+            tokens = tuple(seq.pending_tokens)
+            seq.pending_tokens.clear()
         if seq.n_logprobs is None:
-            return TextDelta(text, (), reasoning, calls)
+            return TextDelta(text, (), reasoning, calls, tokens=tokens)
         seq.n_bytes_released += len(text.encode()) + len(reasoning.encode())
         pending = seq.pending_logprobs
         n = 0
         while n < len(pending) and pending[n][0] < seq.n_bytes_released:
             n += 1
         if n == 0:
-            return TextDelta(text, (), reasoning, calls)
+            return TextDelta(text, (), reasoning, calls, tokens=tokens)
         released = tuple(entry for _, entry in pending[:n])
         del pending[:n]
-        return TextDelta(text, released, reasoning, calls)
+        return TextDelta(text, released, reasoning, calls, tokens=tokens)
 
     def _finish(self, seq: Sequence, finish_reason: str) -> None:
         tail = seq.text.flush()
@@ -369,10 +376,13 @@ class Worker:
         calls = seq.text.take_call_deltas()
         if tail or reasoning or calls:
             self._outbox.append((seq.sink, self._delta(seq, tail, reasoning, calls)))
-        if seq.pending_logprobs and not seq.text.stopped:
-            # Tokens that render as nothing at the very end (the rest went out with their text).
-            self._outbox.append((seq.sink, TextDelta("", tuple(entry for _, entry in seq.pending_logprobs))))
-            seq.pending_logprobs.clear()
+        # Tokens that render as nothing at the very end (the rest went out with their text); the
+        # ids of a stop string's tokens go too, as llama-server counts them among the generated ones.
+        entries = () if seq.text.stopped else tuple(entry for _, entry in seq.pending_logprobs)
+        ids = tuple(seq.pending_tokens or ())
+        if entries or ids:
+            self._outbox.append((seq.sink, TextDelta("", entries, tokens=ids)))
+        seq.pending_logprobs.clear()
         self._outbox.append((seq.sink, seq.finished_event(finish_reason, time.perf_counter())))
         self._end(seq)
 

@@ -149,7 +149,10 @@ LONG_TEXT = "lorem ipsum " * 1_250_000  # 15 MB: far more than a 2048-token cont
     ("/tokenize", {"content": LONG_TEXT[:3_000_000], "with_pieces": True}, "content"),
     ("/apply-template", {"messages": [{"role": "user", "content": LONG_TEXT}]}, "messages"),
     ("/v1/completions", {"prompt": "def f():", "suffix": LONG_TEXT}, "suffix"),
-], ids=["completions", "chat", "embeddings", "tokenize", "apply-template", "fim"])
+    ("/completion", {"prompt": [1, LONG_TEXT], "n_predict": 1}, "prompt"),  # (llama-server's, a mixed prompt)
+    ("/embedding", {"content": LONG_TEXT}, "content"),
+], ids=["completions", "chat", "embeddings", "tokenize", "apply-template", "fim", "native-completion",
+        "native-embedding"])
 def test_text_longer_than_the_context_could_hold_is_400_at_once(
         smollm: ServerProcess, probe: HealthProbe, path: str, body: dict[str, Any], param: str) -> None:
     started = time.monotonic()

@@ -124,3 +124,18 @@ def test_the_lora_flags(model_path: str, adapters: tuple[Path, Path]) -> None:
     for flags in (["--lora", "missing.gguf"], ["--lora-scaled", f"{first}:lots"], ["--lora-scaled", f"{first}:nan"]):
         result = run_cli("api", model_path, *flags)
         assert result.returncode == 2 and "lora" in result.stderr.lower(), result.stderr
+
+
+def test_llama_servers_completion_takes_the_lora_field(lora_server: ServerProcess) -> None:
+    def values(lora: Any) -> list[float]:
+        body = {"prompt": "The sea is", "n_predict": 6, "n_probs": 1, "logit_bias": NEVER_STOP, "lora": lora}
+        response = requests.post(f"{lora_server.url}/completion", json=body, timeout=TIMEOUT)
+        assert response.status_code == 200, response.text
+        return [entry["logprob"] for entry in response.json()["completion_probabilities"]]
+
+    bare = values([{"id": 0, "scale": 0}])
+    assert values([{"id": 0, "scale": 1}]) != bare
+    refused = requests.post(f"{lora_server.url}/completion", json={"prompt": "x", "lora": [{"id": 9, "scale": 1}]},
+                            timeout=TIMEOUT)
+    assert refused.status_code == 400
+    assert set(refused.json()["error"]) == {"code", "message", "type"} and "lora" in refused.json()["error"]["message"]

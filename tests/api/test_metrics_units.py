@@ -73,3 +73,23 @@ def test_gauges_come_from_each_loaded_models_snapshot() -> None:
     assert got["igllama_kv_cells_used", a] == 700 and got["igllama_kv_cells_total", a] == 4096
     assert got["igllama_kv_cells_total", b] == 1024
     assert got["igllama_prompt_cache_bytes", a] == 1 << 20
+
+
+def test_llama_servers_metrics_carry_the_same_counts() -> None:
+    metrics = Metrics()
+    metrics.observe_reply(reply(11, queued_ms=0.0, prefill_ms=60.0, generation_ms=200.0), 0.3)
+    text = metrics.exposition({"m": EngineStats(slots=(), kv_cells_total=512, decode_steps=12, running=1)})
+    got = samples(text)
+    assert got["llamacpp:prompt_tokens_total", ()] == 10 - 4  # llama-server's leaves the cached ones out
+    assert got["llamacpp:prompt_tokens_cached_total", ()] == got["igllama_prompt_tokens_cached_total", ()] == 4
+    assert got["llamacpp:tokens_predicted_total", ()] == got["igllama_generated_tokens_total", ()] == 11
+    assert abs(got["llamacpp:prompt_seconds_total", ()] - 0.06) < 1e-9
+    assert abs(got["llamacpp:tokens_predicted_seconds_total", ()] - 0.2) < 1e-9
+    assert got["llamacpp:n_decode_total", ()] == 12 and got["llamacpp:requests_processing", ()] == 1
+    # (a counter, as llama-server types it, though it holds a maximum; the parser would rename it)
+    assert b"\nllamacpp:n_tokens_max 21\n" in text
+    assert abs(got["llamacpp:prompt_tokens_seconds", ()] - 6 / 0.06) < 1e-6
+    # Its throughput gauges cover the time since the last scrape, as llama-server's do.
+    again = samples(metrics.exposition({}))
+    assert again["llamacpp:prompt_tokens_seconds", ()] == again["llamacpp:predicted_tokens_seconds", ()] == 0
+    assert again["llamacpp:tokens_predicted_total", ()] == 11

@@ -39,7 +39,8 @@ def test_apply_template_gives_the_prompt_llama_server_gives(qwen: ServerProcess)
 
 def test_props_describe_the_server(server: ServerProcess) -> None:
     props = requests.get(f"{server.url}/props", timeout=TIMEOUT).json()
-    assert props["default_generation_settings"]["n_ctx"] >= 1024
+    # llama-server's per-slot context: the shared server's -c 2048 over its slots
+    assert props["default_generation_settings"]["n_ctx"] == 2048 // props["total_slots"]
     assert props["total_slots"] >= 1 and props["model_path"].endswith(".gguf")
     assert "chat_template" in props
 

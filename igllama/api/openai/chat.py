@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 
 
 def routes(app: App) -> None:
-    app.add("GET", "/v1/models", lambda request: list_models(app, request))
-    app.add("POST", "/v1/chat/completions", lambda request: chat_completions(app, request))
+    for prefix in ("/v1", ""):  # llama-server answers OpenAI's routes without /v1 too
+        app.add("GET", f"{prefix}/models", lambda request: list_models(app, request))
+        app.add("POST", f"{prefix}/chat/completions", lambda request: chat_completions(app, request))
+    # (/embeddings, without /v1, is llama-server's native shape there: igllama/api/llamacpp)
     app.add("POST", "/v1/embeddings", lambda request: embeddings(app, request))
 
 

@@ -14,6 +14,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from igllama.engine import EmbeddingResult, Finished, Progress, TokenLogprob
+from igllama.version import __version__
+
+# Which server build answered (OpenAI's `system_fingerprint`; llama-server sends its build_info there).
+BUILD_INFO = f"igllama-{__version__}"
 
 if TYPE_CHECKING:
     from igllama.api.app import Listed
@@ -38,13 +42,20 @@ def timings(done: Finished) -> dict[str, Any]:
         "cache_n": done.cached_tokens,
         "prompt_n": done.prompt_tokens - done.cached_tokens,
         "prompt_ms": done.prefill_ms,
+        "prompt_per_token_ms": _per_token_ms(done.prefill_ms, done.prompt_tokens - done.cached_tokens),
         "prompt_per_second": done.prefill_tokens_per_s,
         "predicted_n": done.completion_tokens,
         "predicted_ms": done.generation_ms,
+        # (the first token comes out of the prefill: the rest share the generation time)
+        "predicted_per_token_ms": _per_token_ms(done.generation_ms, done.completion_tokens - 1),
         "predicted_per_second": done.generation_tokens_per_s,
         "draft_n": done.drafted,
         "draft_n_accepted": done.accepted,
     }
+
+
+def _per_token_ms(ms: float, n: int) -> float:
+    return ms / n if n > 0 else 0.0
 
 
 def logprobs(entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:
@@ -95,6 +106,7 @@ def chat_completion(cid: str, created: int, model: str, choices: list[dict[str, 
         "object": "chat.completion",
         "created": created,
         "model": model,
+        "system_fingerprint": BUILD_INFO,
         "choices": choices,
         "usage": usage(total),
         "timings": timings(total),
@@ -108,7 +120,8 @@ class ChunkWriter:
 
     def __init__(self, cid: str, created: int, model: str, index: int = 0) -> None:
         self._id, self._created, self._model = cid, created, model
-        envelope = orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model})
+        envelope = orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                                 "system_fingerprint": BUILD_INFO})
         self._head = envelope[:-1] + b',"choices":[{"index":%d,"delta":' % index
 
     def role(self) -> bytes:
@@ -138,7 +151,7 @@ class ChunkWriter:
 
     def _without_choices(self, fields: dict[str, Any]) -> bytes:
         return orjson.dumps({"id": self._id, "object": "chat.completion.chunk", "created": self._created,
-                             "model": self._model, "choices": [], **fields})
+                             "model": self._model, "system_fingerprint": BUILD_INFO, "choices": [], **fields})
 
 
 def prompt_progress(progress: Progress) -> dict[str, Any]:

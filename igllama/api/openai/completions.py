@@ -1,8 +1,9 @@
-"""OpenAI's legacy text completions (`/v1/completions`) and llama-server's `/infill`.
+"""OpenAI's legacy text completions (`/v1/completions`).
 
 No chat template: the prompt (text or token ids) is continued as it is, or,
-with a `suffix` (or `/infill`'s `input_suffix`), the code model is asked for
-what goes between prefix and suffix with its fill-in-the-middle tokens.
+with a `suffix`, the code model is asked for what goes between prefix and
+suffix with its fill-in-the-middle tokens (llama-server's `/infill` is in
+igllama/api/llamacpp).
 """
 
 from __future__ import annotations
@@ -21,22 +22,20 @@ from igllama.api.fields import (
     MAX_CHOICES,
     boolean,
     integer,
-    is_int,
     max_tokens_of,
     model_name,
     parse_body,
-    parse_json,
     sampling_params,
     stop_strings,
 )
 from igllama.api.lora import lora_field
 from igllama.api.openai import chat_replies as responses
 from igllama.api.openai.chat import stream_error
+from igllama.api.prompts import Prompt, is_text, parse_prompts, prompt_text, prompt_tokens
 from igllama.engine import (
     CompletionRequest,
     Engine,
     EngineError,
-    ExtraFile,
     Finished,
     GenerationStream,
     TextDelta,
@@ -47,7 +46,6 @@ from igllama.http import EventStream, Request, Response
 if TYPE_CHECKING:
     from igllama.api.app import App
 
-MAX_PROMPTS = 64
 MAX_LEGACY_LOGPROBS = 5  # OpenAI's bound for the completions endpoint
 
 
@@ -55,7 +53,7 @@ MAX_LEGACY_LOGPROBS = 5  # OpenAI's bound for the completions endpoint
 class TextCall:
     """A checked `/v1/completions` body: its prompts (text or token ids) and how to answer."""
 
-    prompts: list[str | list[int]]
+    prompts: list[Prompt]
     suffix: str | None
     request: CompletionRequest  # without its prompt, which each of `prompts` fills in
     n: int
@@ -66,16 +64,16 @@ class TextCall:
 
 
 def routes(app: App) -> None:
+    # (/completions, without /v1, is llama-server's native /completion: igllama/api/llamacpp)
     app.add("POST", "/v1/completions", lambda request: completions(app, request))
-    app.add("POST", "/infill", lambda request: infill(app, request))
 
 
 def parse_completion(data: dict[str, Any], app: App) -> TextCall:
-    prompts = _prompts(data.get("prompt"))
+    prompts = parse_prompts(data.get("prompt"))
     suffix = data.get("suffix")
     if suffix is not None and not isinstance(suffix, str):
         raise APIError(400, "suffix must be a string", param="suffix")
-    if suffix is not None and not all(isinstance(p, str) for p in prompts):
+    if suffix is not None and not all(is_text(p) for p in prompts):
         raise APIError(400, "suffix needs the prompt as text, not token ids", param="suffix")
     logprobs = integer(data, "logprobs", None, 0, MAX_LEGACY_LOGPROBS)
     echo = boolean(data, "echo", False)
@@ -104,26 +102,6 @@ def parse_completion(data: dict[str, Any], app: App) -> TextCall:
     )
 
 
-def _prompts(raw: Any) -> list[str | list[int]]:
-    """`prompt`: a string, token ids, or a list of either (one choice per prompt)."""
-    if isinstance(raw, str):
-        return [raw]
-    if isinstance(raw, list) and raw and all(is_int(t) for t in raw):
-        return [list(raw)]
-    if isinstance(raw, list) and raw and len(raw) <= MAX_PROMPTS:
-        prompts: list[str | list[int]] = []
-        for i, item in enumerate(raw):
-            if isinstance(item, str):
-                prompts.append(item)
-            elif isinstance(item, list) and item and all(is_int(t) for t in item):
-                prompts.append(list(item))
-            else:
-                raise APIError(400, f"prompt[{i}] must be a string or an array of token ids", param="prompt")
-        return prompts
-    raise APIError(400, f"prompt is required: a string, an array of token ids, or an array of at most "
-                   f"{MAX_PROMPTS} of either", param="prompt")
-
-
 async def completions(app: App, request: Request) -> Response | EventStream:
     started = time.perf_counter()
     call = await parse_body(request.body, lambda data: parse_completion(data, app))
@@ -139,14 +117,12 @@ async def _complete(app: App, request: Request, call: TextCall, started: float, 
         for prompt in call.prompts:
             if call.suffix is not None:
                 tokens = await engine.offload(engine.infill_prompt, str(prompt), call.suffix)
-            elif isinstance(prompt, str):  # special tokens in the text parsed, as llama-server does
-                tokens = await engine.offload(engine.tokenize, prompt, True)
             else:
-                tokens = prompt
+                tokens = await engine.offload(prompt_tokens, engine, prompt)
             if not tokens:
                 raise APIError(400, "the prompt is empty", param="prompt")
             streams += await engine.submit_choices(replace(call.request, prompt=tuple(tokens)), call.n)  # checks the ids
-            echo = "" if not call.echo else prompt if isinstance(prompt, str) else engine.model.detokenize(prompt)
+            echo = await engine.offload(prompt_text, engine, prompt) if call.echo else ""
             echoes += [echo] * call.n
     except EngineError as exc:
         for stream in streams:
@@ -178,7 +154,7 @@ def _choice(index: int, text: str, done: Finished | None, logprobs: dict[str, An
 def _completion(cid: str, created: int, model: str, choices: list[dict[str, Any]], total: Finished | None,
                 ) -> dict[str, Any]:
     body: dict[str, Any] = {"id": cid, "object": "text_completion", "created": created, "model": model,
-                            "choices": choices}
+                            "system_fingerprint": responses.BUILD_INFO, "choices": choices}
     if total is not None:
         body["usage"] = responses.usage(total)
         body["timings"] = responses.timings(total)
@@ -229,92 +205,3 @@ async def _chunks(streams: list[GenerationStream], echoes: list[str], call: Text
         body = _completion(cid, created, model, [], outcome.total)
         yield orjson.dumps(body)
     yield b"[DONE]"
-
-
-# -- llama-server's /infill
-
-
-async def infill(app: App, request: Request) -> Response | EventStream:
-    """llama-server's fill-in-the-middle endpoint, in its own (`/completion`) shape."""
-    started = time.perf_counter()
-    data = parse_json(request.body)
-    prefix, suffix = _text(data, "input_prefix"), _text(data, "input_suffix")
-    extra = _extra_files(data.get("input_extra"))
-    prefix += _text(data, "prompt")  # llama-server appends `prompt` to the prefix
-    base = CompletionRequest(
-        messages=(),
-        max_tokens=max_tokens_of(data, app.defaults, "n_predict", "max_tokens"),
-        sampling=sampling_params(data, app.defaults),
-        stop=stop_strings(data.get("stop")),
-        cache_prompt=boolean(data, "cache_prompt", True),
-        split_reasoning=False,
-    )
-    stream = boolean(data, "stream", False)
-
-    async def start(engine: Engine) -> Response | EventStream:
-        try:
-            tokens = await engine.offload(engine.infill_prompt, prefix, suffix, extra)
-            streams = await engine.submit_choices(replace(base, prompt=tuple(tokens)), 1)
-        except EngineError as exc:
-            raise from_engine(exc, "input_suffix") from None
-        return await _infilled(app, request, data, stream, streams, started)
-
-    return await app.run(request, model_name(data), stream, start, lambda error: [error.body])
-
-
-async def _infilled(app: App, request: Request, data: dict[str, Any], stream: bool,
-                    streams: list[GenerationStream], started: float) -> Response | EventStream:
-    model = model_name(data) or app.settings.model_id
-    if stream:
-        outcome = Outcome()
-        frames = _infill_frames(streams, model, outcome)
-        return EventStream(app.guard_stream(request, streams, started, "input_suffix", frames,
-                                            lambda error: [error.body], outcome))
-    replies, total = await app.gather(request, streams, started, False, "input_suffix")
-    return Response.json(200, _infill_body(replies[0].text, model, total))
-
-
-def _infill_body(text: str, model: str, done: Finished | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"content": text, "stop": done is not None, "model": model}
-    if done is not None:
-        body.update(
-            stop_type={"stop": "eos", "length": "limit"}.get(done.finish_reason, "eos"),
-            tokens_predicted=done.completion_tokens,
-            tokens_evaluated=done.prompt_tokens,
-            tokens_cached=done.cached_tokens,
-            timings=responses.timings(done),
-        )
-    return body
-
-
-async def _infill_frames(streams: list[GenerationStream], model: str, outcome: Outcome) -> AsyncIterator[bytes]:
-    async for _, event in interleave(streams):
-        if isinstance(event, TextDelta):
-            if event.text:
-                yield orjson.dumps({"content": event.text, "stop": False})
-        else:
-            outcome.total = event
-            yield orjson.dumps(_infill_body("", model, event))
-
-
-def _text(data: dict[str, Any], name: str) -> str:
-    value = data.get(name, "")
-    if not isinstance(value, str):
-        raise APIError(400, f"{name} must be a string", param=name)
-    return value
-
-
-def _extra_files(raw: Any) -> list[ExtraFile]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise APIError(400, 'input_extra must be an array of {"filename", "text"} objects', param="input_extra")
-    files = []
-    for i, item in enumerate(raw):
-        if not isinstance(item, dict) or not isinstance(item.get("text"), str) \
-                or not isinstance(item.get("filename", ""), str):
-            raise APIError(400, f'input_extra[{i}] must be {{"filename": string, "text": string}}',
-                           param="input_extra")
-        files.append(ExtraFile(item.get("filename", ""), item["text"]))
-    return files
-

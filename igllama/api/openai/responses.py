@@ -76,7 +76,8 @@ class ResponsesCall:
 
 
 def routes(app: App, store: ResponseStore) -> None:
-    app.add("POST", "/v1/responses", lambda request: create(app, store, request))
+    for path in ("/v1/responses", "/responses"):  # (llama-server answers both)
+        app.add("POST", path, lambda request: create(app, store, request))
 
 
 # -- requests
