@@ -239,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--no-slots", action="store_true", help="do not serve GET /slots")
     api.add_argument("--sse-ping", type=_seconds, default=5.0, metavar="SECONDS",
                      help="a stream silent this long (queued, prefilling) gets a ': ping' comment (default 5, 0 never)")
+    api.add_argument("--slot-save-path", metavar="DIR",
+                     help="serve POST /slots/{id}?action=save|restore|erase with files in DIR (default: disabled)")
+    api.add_argument("--lora", action="append", default=[], metavar="FILE",
+                     help="a LoRA adapter at scale 1; repeat, or comma-separate, for several")
+    api.add_argument("--lora-scaled", action="append", nargs="+", default=[], metavar="FILE:SCALE",
+                     help="a LoRA adapter at a scale: FILE:SCALE (llama-server's form, comma-separated for "
+                          "several) or FILE SCALE")
+    api.add_argument("--lora-init-without-apply", action="store_true",
+                     help="load the adapters at scale 0, applied later through POST /lora-adapters")
     api.add_argument("-v", "--verbose", action="store_true", help="log llama.cpp's own messages too")
     _llama_server_flags(api)
     return parser
@@ -352,6 +361,11 @@ def parse_config(argv: list[str]) -> ServerConfig:
         fail(f"--flash-attn off: a quantized V cache ({args.cache_type_v}) needs flash attention; "
              "drop one of them")
     api_keys = _api_keys(args.api_key_file) if args.api_key_file else ()
+    lora = _lora_adapters(args.lora, args.lora_scaled)
+    if lora and not model_files:
+        fail("--lora needs a model file: adapters go with the first model given")
+    if args.slot_save_path is not None and Path(args.slot_save_path).exists() and not Path(args.slot_save_path).is_dir():
+        fail(f"--slot-save-path {args.slot_save_path} is not a directory")
     config = ServerConfig(
         model=model_files[0] if model_files else "", models=tuple(model_files[1:]), models_dir=args.models_dir,
         models_max=args.models_max, models_idle_unload=args.models_idle_unload,
@@ -373,6 +387,7 @@ def parse_config(argv: list[str]) -> ServerConfig:
         ubatch_size=args.ubatch_size or 0, flash_attn=args.flash_attn, pooling=args.pooling, api_keys=api_keys,
         ui=not args.no_ui, cors_origins=args.cors_origins, cors_methods=args.cors_methods,
         cors_credentials=args.cors_credentials,
+        slot_save_path=args.slot_save_path, lora=lora, lora_init_without_apply=args.lora_init_without_apply,
     )
     from igllama.catalog import CatalogError, scan
 
@@ -406,6 +421,39 @@ def _api_keys(path: str) -> tuple[str, ...]:
     if not keys:
         fail(f"--api-key-file {path!r} holds no key (one a line; # starts a comment)")
     return keys
+
+
+def _lora_adapters(plain: list[str], scaled: list[list[str]]) -> tuple[tuple[str, float], ...]:
+    """--lora and --lora-scaled as (file, scale) pairs, each file checked to exist."""
+    adapters = [(path, 1.0) for value in plain for path in value.split(",") if path]
+    for values in scaled:
+        if len(values) == 2 and _is_number(values[1]):  # FILE SCALE
+            pairs = [(values[0], values[1])]
+        elif len(values) == 1:  # FILE:SCALE[,FILE:SCALE...]
+            pairs = []
+            for item in values[0].split(","):
+                path, colon, scale = item.rpartition(":")
+                if not colon or not path:
+                    fail(f"--lora-scaled {item!r}: give FILE:SCALE")
+                pairs.append((path, scale))
+        else:
+            fail(f"--lora-scaled takes FILE:SCALE or FILE SCALE, not {' '.join(values)!r}")
+        for path, scale in pairs:
+            if not _is_number(scale) or not abs(float(scale)) <= 100.0:
+                fail(f"--lora-scaled {path}: the scale must be a number between -100 and 100, not {scale!r}")
+            adapters.append((path, float(scale)))
+    for path, _ in adapters:
+        if not Path(path).is_file():
+            fail(f"LoRA adapter not found: {path}")
+    return tuple(adapters)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_chat_template(name: str) -> None:

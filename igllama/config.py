@@ -72,6 +72,9 @@ class ServerConfig:
     cors_origins: str = "*"  # comma-separated origins a browser page may call from; *: any; localhost
     cors_methods: str = "GET, POST, OPTIONS"
     cors_credentials: bool = False  # Access-Control-Allow-Credentials (the Origin is echoed, never *)
+    slot_save_path: str | None = None  # directory for POST /slots/{id}?action=save|restore; None: those 501
+    lora: tuple[tuple[str, float], ...] = ()  # LoRA adapter files and their scales, for the first model
+    lora_init_without_apply: bool = False  # adapters loaded at scale 0 until POST /lora-adapters
 
 
 def server_config(model: str | Path | None, **settings: Any) -> ServerConfig:
@@ -84,6 +87,9 @@ def server_config(model: str | Path | None, **settings: Any) -> ServerConfig:
     for name in ("models", "api_keys"):
         if name in settings:
             settings[name] = tuple(str(item) for item in settings[name])
+    if "lora" in settings:  # paths alone (scale 1) or (path, scale) pairs
+        settings["lora"] = tuple((str(item), 1.0) if isinstance(item, (str, Path)) else (str(item[0]), float(item[1]))
+                                 for item in settings["lora"])
     if model is None and not settings.get("models_dir") and not settings.get("models"):
         raise TypeError("give a model file, or models_dir= or models= to serve several")
     return ServerConfig(model=str(model) if model is not None else "", **settings)

@@ -31,6 +31,7 @@ from igllama.api.fields import Defaults
 from igllama.catalog import CatalogModel, scan
 from igllama.config import ServerConfig, server_config
 from igllama.engine import Engine, EngineConfig, ModelConfig, ShuttingDown, default_threads
+from igllama.engine.lora import LoraSpec
 from igllama.engine.model import check_gguf_file
 from igllama.engine.pool import EnginePool, ModelSpec
 from igllama.engine.speculation import SpecConfig
@@ -74,6 +75,9 @@ def engine_config(config: ServerConfig, model: CatalogModel | None = None) -> En
         n_ubatch=config.ubatch_size,
         flash_attn=config.flash_attn,
         pooling=config.pooling,
+        # Adapters fit one architecture: they go with the model named first (llama-server has only that one).
+        lora=tuple(LoraSpec(path, scale) for path, scale in config.lora) if path == config.model else (),
+        lora_apply=not config.lora_init_without_apply,
     )
 
 
@@ -116,7 +120,7 @@ class Server:
         self.app = create_app(AppSettings(self.model_id, config.max_tokens, config.temp, config.api_key,
                                    config.responses_store, metrics=config.metrics, slots=config.slots,
                                    sse_ping=config.sse_ping, defaults=request_defaults(config),
-                                   api_keys=config.api_keys, ui=config.ui))
+                                   api_keys=config.api_keys, ui=config.ui, slot_save_path=config.slot_save_path))
         self._http: HTTPServer | None = None
         self._closed = False
 

@@ -62,6 +62,7 @@ class AppSettings:
     defaults: Defaults | None = None
     api_keys: tuple[str, ...] = ()  # more keys accepted beside `api_key` (--api-key-file)
     ui: bool = True  # GET / gives browsers the chat page
+    slot_save_path: str | None = None  # where POST /slots/{id}?action=save|restore keeps files; None: 501
 
 
 class App:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from igllama.api import anthropic, llamacpp, ollama, openai, page, slots, utility
+from igllama.api import (
+    anthropic,
+    llamacpp,
+    lora,
+    ollama,
+    openai,
+    page,
+    slot_actions,
+    slots,
+    utility,
+)
 from igllama.api.app import App, AppSettings
 
-DIALECTS = (openai, anthropic, ollama, page, utility, slots, llamacpp)
+DIALECTS = (openai, anthropic, ollama, page, utility, slots, llamacpp, slot_actions, lora)
 
 
 def create_app(settings: AppSettings) -> App:

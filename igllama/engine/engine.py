@@ -27,6 +27,7 @@ from igllama.engine.embeddings import Embedder, EmbeddingJob, EmbeddingResult
 from igllama.engine.errors import CapacityError, EngineError, EngineUnavailable, InputError
 from igllama.engine.grammar import auto_call_grammar, forced_call_grammar, json_grammar
 from igllama.engine.infill import ExtraFile
+from igllama.engine.lora import Adapters, LoraSpec
 from igllama.engine.messages import ChatMessage
 from igllama.engine.model import Model, ModelConfig, ModelLoadError
 from igllama.engine.prompt import Prompts
@@ -35,6 +36,7 @@ from igllama.engine.runner import ContextConfig, Runner, default_threads
 from igllama.engine.sampling import Sampler, SamplingParams
 from igllama.engine.scheduler import Scheduler
 from igllama.engine.sequence import CompletionRequest, Finished, OutputSchema, Sequence, TextDelta
+from igllama.engine.slot_files import SlotJob, SlotOutcome
 from igllama.engine.speculation import DecodeCosts, Drafter, SpecConfig
 from igllama.engine.stats import EngineStats, snapshot
 from igllama.engine.stream import ChatStream, GenerationStream, Watchdog
@@ -83,6 +85,8 @@ class EngineConfig:
     # thread that has not come round its loop for this long while it has
     # work, is a failure reported to the clients instead of a hang.
     watchdog_seconds: float = 300.0
+    lora: tuple[LoraSpec, ...] = ()  # LoRA adapters (llama-server's --lora, --lora-scaled)
+    lora_apply: bool = True  # False: loaded at scale 0 (--lora-init-without-apply)
 
 
 class Engine:
@@ -101,6 +105,7 @@ class Engine:
         self.model = Model(config.model, progress)
         try:
             self.template = load_template(self.model, config.chat_template)
+            self.adapters = Adapters(self.model, config.lora, config.lora_apply)
             self.runner = Runner(
                 self.model,
                 ContextConfig(
@@ -137,6 +142,7 @@ class Engine:
         self.worker = Worker(self.model, self.runner, self.scheduler, self.embedder, self._thread.inbox())
         self.costs = DecodeCosts() if config.spec.enabled else None
         self.worker.costs = self.costs
+        self.worker.adapters = self.adapters if len(self.adapters) else None
         self._inbox = self.worker.inbox
         # The engine as of its latest step, published by the engine thread (see `stats`).
         self.stats = snapshot(self.scheduler, 0)  # (the engine thread has not started)
@@ -262,6 +268,7 @@ class Engine:
 
     def _sequences(self, request: CompletionRequest, n: int) -> list[Sequence]:
         """The request's `n` sequences, ready for the engine thread (run off the event loop)."""
+        lora = self.adapters.key(request.lora)  # (now: a later change of the global scales does not touch it)
         prompt = self.prompt_tokens(request)
         sampling = self._sampling(request)
         for token, _ in sampling.logit_bias:
@@ -286,6 +293,7 @@ class Engine:
                     report_progress=request.return_progress,
                     return_tokens=request.return_tokens,
                     preferred_slot=request.slot_id,
+                    lora=lora,
                 ))
         except Exception:
             for seq in sequences:
@@ -404,6 +412,31 @@ class Engine:
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+    async def slot_file(self, action: str, slot_id: int, path: str = "") -> SlotOutcome:
+        """Save a slot's KV cache to `path`, restore it from there, or erase it (`action`), on the
+        engine thread between steps. Raises `SlotBusy` for a slot serving a request, `SlotFileError`
+        for an unknown slot or a file that cannot be written or read back."""
+        self._starting += 1  # (a pool must not unload the engine meanwhile)
+        try:
+            loop = self._bind_loop()
+            self._check_serving()
+            done: asyncio.Future[Any] = loop.create_future()
+
+            def settle(outcome: Any) -> None:
+                if not done.done():
+                    done.set_result(outcome)
+
+            # A restored state is taken to be computed with the adapters a request without
+            # `lora` uses now: the file does not record them (nor does llama-server's).
+            self._inbox.put(("slot", SlotJob(action, slot_id, path, self.adapters.default_key, settle)))
+            outcome = await done  # (cancelled: the job still runs; its result goes nowhere)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        finally:
+            self._starting -= 1
+            self._note_idle()
 
     def abort(self, error: Exception) -> None:
         """End every request in flight with `error` (the end of a shutdown's drain)."""

@@ -30,6 +30,7 @@ class CachedPrompt:
     # The lowest position the state holds for every layer: llama.cpp saves a
     # sliding-window layer's cells only as far back as its window reaches.
     min_position: int = 0
+    lora: tuple[tuple[int, float], ...] = ()  # the LoRA adapters the state was computed with
 
     @property
     def size(self) -> int:
@@ -47,11 +48,12 @@ class PromptCache:
         self.entries: list[CachedPrompt] = []  # oldest first
         self.size = 0
 
-    def put(self, tokens: list[int], state: Any, min_position: int = 0) -> None:
-        entry = CachedPrompt(tokens, state, min_position)
+    def put(self, tokens: list[int], state: Any, min_position: int = 0,
+            lora: tuple[tuple[int, float], ...] = ()) -> None:
+        entry = CachedPrompt(tokens, state, min_position, lora)
         if entry.size > self.budget_bytes:
             return
-        for old in [e for e in self.entries if e.tokens == tokens]:
+        for old in [e for e in self.entries if e.tokens == tokens and e.lora == lora]:
             self.take(old)  # the newer state of the same tokens replaces it
         self.entries.append(entry)
         self.size += entry.size

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from igllama.engine.lora import LoraKey
 from igllama.engine.prompt_cache import CachedPrompt, PromptCache, common_prefix_length
 from igllama.engine.sequence import Sequence, Status
 
@@ -27,7 +28,7 @@ MAX_DRAFTING_STREAMS = 2
 class Slot:
     """One KV-cache sequence id and the tokens whose keys and values it holds."""
 
-    __slots__ = ("last_used", "n_prompt", "seq_id", "sequence", "tokens")
+    __slots__ = ("last_used", "lora", "n_prompt", "seq_id", "sequence", "tokens")
 
     def __init__(self, seq_id: int) -> None:
         self.seq_id = seq_id
@@ -35,6 +36,7 @@ class Slot:
         self.sequence: Sequence | None = None
         self.n_prompt = 0  # the prompt length of the last request served here
         self.last_used = 0
+        self.lora: LoraKey = ()  # the LoRA adapters its tokens' KV cells were computed with
 
 
 @dataclass(slots=True)
@@ -79,6 +81,7 @@ class Scheduler:
         self.memory = memory
         self.cache = cache
         self._clock = 0
+        self._turn = 0  # which LoRA key's requests the next batch serves, when they differ
 
     @property
     def has_work(self) -> bool:
@@ -148,7 +151,7 @@ class Scheduler:
     def prepare(self, seq: Sequence) -> None:
         """Fill an admitted sequence's slot with the longest reusable prefix it can get."""
         slot = seq.slot
-        n_slot = self._reusable(slot.tokens, seq, self._slot_min_position(slot)) if seq.reuse_cache else 0
+        n_slot = self._reusable(slot.tokens, slot.lora, seq, self._slot_min_position(slot)) if seq.reuse_cache else 0
         source, n_source = self._best_busy_slot(seq) if seq.reuse_cache else (None, 0)
         # Take the entry out of the cache before parking anything: parking
         # saves states into the same cache and could evict it meanwhile.
@@ -161,11 +164,11 @@ class Scheduler:
             # of an n > 1 request, or a shared system prompt): share its cells.
             self._park(slot)
             self.memory.copy(source.seq_id, slot.seq_id, n_source)
-            slot.tokens = source.tokens[:n_source]
+            slot.tokens, slot.lora = source.tokens[:n_source], source.lora
         elif entry is not None:
             self._park(slot)
             if self.memory.restore(slot.seq_id, entry.state):
-                slot.tokens = entry.tokens
+                slot.tokens, slot.lora = entry.tokens, entry.lora
             else:
                 self.memory.remove(slot.seq_id, 0)
         elif n_slot < len(slot.tokens) // 2:
@@ -180,8 +183,9 @@ class Scheduler:
         needed = len(seq.prompt) + 1
         return self.n_ctx - held - reserved >= needed
 
-    def _reusable(self, tokens: list[int], seq: Sequence, min_position: int) -> int:
-        """How many of `tokens` the sequence can keep, given the lowest position their KV state holds.
+    def _reusable(self, tokens: list[int], lora: LoraKey, seq: Sequence, min_position: int) -> int:
+        """How many of `tokens` the sequence can keep, given the lowest position their KV state holds
+        and the LoRA adapters it was computed with (another adapter's cells are other values).
 
         At least the last prompt token is decoded again: its logits give the
         first token. On a sliding-window model the token decoded at position
@@ -189,6 +193,8 @@ class Scheduler:
         mask); if the state no longer holds those, nothing is reused, as in
         llama-server.
         """
+        if lora != seq.lora:
+            return 0
         n = min(common_prefix_length(tokens, seq.prompt), len(seq.prompt) - 1)
         if n <= 0:
             return 0
@@ -203,7 +209,7 @@ class Scheduler:
         best, best_n = None, 0
         for other in self.slots:
             if other.sequence is not None and other is not seq.slot and other.tokens:
-                n = self._reusable(other.tokens, seq, self._slot_min_position(other))
+                n = self._reusable(other.tokens, other.lora, seq, self._slot_min_position(other))
                 if n > best_n:
                     best, best_n = other, n
         return best, best_n
@@ -214,7 +220,7 @@ class Scheduler:
     def _take_better_entry(self, seq: Sequence, n_slot: int) -> CachedPrompt | None:
         best, best_n = None, n_slot
         for entry in self.cache.entries:
-            n = self._reusable(entry.tokens, seq, entry.min_position)
+            n = self._reusable(entry.tokens, entry.lora, seq, entry.min_position)
             if n > best_n:
                 best, best_n = entry, n
         if best is not None:
@@ -222,13 +228,14 @@ class Scheduler:
         return best
 
     def _reuse_prefix(self, seq: Sequence, slot: Slot) -> None:
-        n_reuse = self._reusable(slot.tokens, seq, self._slot_min_position(slot)) if seq.reuse_cache else 0
+        n_reuse = self._reusable(slot.tokens, slot.lora, seq, self._slot_min_position(slot)) if seq.reuse_cache else 0
         if n_reuse < len(slot.tokens):
             if not self.memory.remove(slot.seq_id, n_reuse):
                 self.memory.remove(slot.seq_id, 0)
                 n_reuse = 0
             del slot.tokens[n_reuse:]
         slot.n_prompt = len(seq.prompt)
+        slot.lora = seq.lora
         seq.n_cached = seq.n_fed = n_reuse
 
     # -- the host prompt cache
@@ -259,7 +266,16 @@ class Scheduler:
             if self.n_swa > 0 and min_position >= 0:
                 # What llama.cpp's state_write keeps of a sliding-window layer.
                 min_position = max(min_position, len(tokens) - self.n_swa)
-            self.cache.put(list(tokens), state, min_position)
+            self.cache.put(list(tokens), state, min_position, slot.lora)
+
+    def park(self, slot: Slot) -> int:
+        """Move an idle slot's KV state to the host prompt cache (making room in the pool)."""
+        return self._park(slot)
+
+    def touch(self, slot: Slot) -> None:
+        """Mark a slot as just used: among free slots that fit a prompt alike, the least recently used goes first."""
+        self._clock += 1
+        slot.last_used = self._clock
 
     def _park(self, slot: Slot) -> int:
         """Move an idle slot's KV state to the host prompt cache; returns the cells freed."""
@@ -276,12 +292,32 @@ class Scheduler:
         """The next batch: one token of every decoding sequence, then prefill
         chunks in admission order, within `n_batch` tokens and the free KV
         cells. Also returns decoding sequences that no longer fit (to end with
-        finish reason "length")."""
+        finish reason "length").
+
+        llama.cpp applies LoRA adapters to a whole decode, so a batch holds
+        only requests with the same adapters and scales (`Sequence.lora`).
+        When running requests differ, the batches take turns among their keys,
+        round-robin: with k keys each request advances every k-th step, and
+        the batch that could have held them all is k smaller batches."""
+        keys = list(dict.fromkeys(seq.lora for seq in self.running))
+        if len(keys) <= 1:
+            return self._plan(None)
+        start = self._turn % len(keys)
+        self._turn += 1
+        for key in keys[start:] + keys[:start]:
+            items, out_of_room = self._plan(key)
+            if items or out_of_room:
+                return items, out_of_room
+        return [], []
+
+    def _plan(self, lora: LoraKey | None) -> tuple[list[BatchItem], list[Sequence]]:
+        """`plan` for the running sequences whose LoRA key is `lora` (None: all of them)."""
         items: list[BatchItem] = []
         out_of_room: list[Sequence] = []
         budget = self.n_batch
         free_cells = self.n_ctx - self.cells_used
-        decoding = [seq for seq in self.running if seq.status is Status.DECODING]
+        running = self.running if lora is None else [seq for seq in self.running if seq.lora == lora]
+        decoding = [seq for seq in running if seq.status is Status.DECODING]
         drafted = 0  # draft tokens already in this batch
         for seq in decoding:
             if len(seq.slot.tokens) >= self.n_ctx:
@@ -297,7 +333,7 @@ class Scheduler:
             items.append(BatchItem(seq, [seq.next_token, *draft], True, len(draft)))
             budget -= 1 + len(draft)
             free_cells -= 1 + len(draft)
-        for seq in self.running:
+        for seq in running:
             if seq.status is not Status.PREFILLING or budget <= 0:
                 continue
             n = min(seq.prompt_remaining, budget)

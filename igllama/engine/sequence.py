@@ -64,6 +64,8 @@ class CompletionRequest:
     return_tokens: bool = False  # each delta carries the ids of the tokens it releases (llama-server's `tokens`)
     # The slot to run on when it is free (llama-server's `id_slot`); otherwise, or None, the usual choice.
     slot_id: int | None = None
+    # LoRA adapters as (id, scale) pairs (llama-server's `lora` field); None: the server's global scales.
+    lora: tuple[tuple[int, float], ...] | None = None
 
     @property
     def offered_tools(self) -> tuple[ToolSpec, ...]:
@@ -147,6 +149,7 @@ class Sequence:
         "drafter",
         "id",
         "leader",
+        "lora",
         "max_tokens",
         "n_accepted",
         "n_bytes_generated",
@@ -188,11 +191,14 @@ class Sequence:
         report_progress: bool = False,
         return_tokens: bool = False,
         preferred_slot: int | None = None,
+        lora: tuple[tuple[int, float], ...] = (),
     ) -> None:
         self.id = seq_id
         # Generated token ids not yet sent with a delta; None: not asked for.
         self.pending_tokens: list[int] | None = [] if return_tokens else None
         self.preferred_slot = preferred_slot
+        # The LoRA adapters its decodes run with (lora.LoraKey): only equal keys share a batch.
+        self.lora = lora
         self.report_progress = report_progress  # a `Progress` event after each prefill chunk
         # Another choice of the same request (n > 1): this one waits until the
         # leader's prompt is in the KV cache, then shares its cells.

@@ -23,9 +23,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from igllama.engine import slot_files
 from igllama.engine.embeddings import Embedder, EmbeddingJob
 from igllama.engine.errors import CapacityError, EngineError, EngineFailure, EngineUnavailable
 from igllama.engine.logprobs import token_logprob
+from igllama.engine.lora import Adapters
 from igllama.engine.model import Model
 from igllama.engine.runner import DecodeError, Runner
 from igllama.engine.scheduler import BatchItem, Scheduler
@@ -64,6 +66,7 @@ class Worker:
         self._outbox: list[tuple[Sink, Any]] = []
         self._embed_jobs: list[EmbeddingJob] = []
         self.costs: DecodeCosts | None = None  # measured at start when speculation is on
+        self.adapters: Adapters | None = None  # LoRA adapters, set before each decode (None: none loaded)
         # Where each flush's stats snapshot goes, on the event loop (None: not wanted).
         self.publish: Callable[[EngineStats], None] | None = None
         self._published = 0.0
@@ -175,8 +178,21 @@ class Worker:
                 self._embed_jobs.remove(payload)
         elif command == "abort":
             self._fail_all(payload)
+        elif command == "slot":  # a slot's KV cache to or from a file (slot_files.py)
+            self._slot_job(payload)
         else:
             raise ValueError(f"unknown engine command {command!r}")
+
+    def _slot_job(self, job: slot_files.SlotJob) -> None:
+        try:
+            outcome: Any = slot_files.run(job, self.scheduler, self.runner)
+        except EngineError as exc:
+            outcome = exc
+        except Exception as exc:
+            log.exception("slot %s failed", job.action)
+            outcome = EngineFailure(f"the slot {job.action} failed: {exc}")
+        self._outbox.append((job.sink, outcome))
+        self._flush()
 
     # -- a step
 
@@ -207,6 +223,8 @@ class Worker:
                 runner.mark_all_outputs(index - item.n_draft, index + 1)
             if item.wants_logits:
                 outputs.append((item, index - item.n_draft))
+        if self.adapters is not None:
+            self.adapters.apply(runner.ctx, items[0].sequence.lora)  # (one key per batch: scheduler.plan)
         # Hand the last step's events to the event loop now, not before this
         # step's Python work: the loop thread then does its share while the
         # decode runs without the GIL, instead of contending for it here.

@@ -78,3 +78,5 @@ class Request:
     body: bytes
     http_version: str
     keep_alive: bool
+    # The `{name}` segments of the route template that matched (http/router.py); None for exact paths.
+    path_params: dict[str, str] | None = None

@@ -238,6 +238,10 @@ NOT_RUN = {
     ".venv/bin/python scripts/reference_server.py": "builds llama-server, ~7 minutes the first time",
     ".venv/bin/python scripts/bench": "a benchmark: minutes on 2 cores",
     "bash scripts/scale-out.sh": "tests/test_scale_out.py runs it where nginx is installed",
+    'curl -X POST "http://localhost:8080/slots/': "needs --slot-save-path; tests/api/test_slot_actions.py runs it",
+    "curl http://localhost:8080/lora-adapters -d": "needs --lora; tests/api/test_lora_adapters.py runs it",
+    "curl http://localhost:8080/v1/chat/completions -d '{\"lora\"": "needs --lora; tests/api/test_lora_adapters.py "
+                                                                     "runs it",
 }
 # The HTTPS recipe of docs/operating.md runs whole: its server start is the exception to NOT_RUN.
 HTTPS_SERVER = "igllama api model.gguf --ssl-cert-file"

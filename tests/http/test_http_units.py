@@ -210,6 +210,31 @@ def test_router_refuses_a_duplicate_route() -> None:
         router.add("GET", "/a", lambda r: Response(201))
 
 
+def test_a_template_route_hands_its_segment_to_the_handler() -> None:
+    router = Router()
+    seen: list[dict[str, str] | None] = []
+
+    def slot(r: Request) -> Response:
+        seen.append(r.path_params)
+        return Response(200)
+
+    router.add("POST", "/slots/{id}", slot)
+    router.add("GET", "/slots", lambda r: Response(201))
+    result = router.resolve("POST", "/slots/12").handler(request("POST", "/slots/12"))
+    assert isinstance(result, Response) and result.status == 200 and seen == [{"id": "12"}]
+    exact = router.resolve("GET", "/slots").handler(request("GET", "/slots"))
+    assert isinstance(exact, Response) and exact.status == 201  # the exact path is not the template
+    for path in ("/slots/", "/slots/1/2", "/slotsX/1"):  # one whole, non-empty segment only
+        with pytest.raises(HTTPError) as caught:
+            router.resolve("POST", path).handler(request("POST", path))
+        assert caught.value.status == 404
+    with pytest.raises(HTTPError) as caught:
+        router.resolve("GET", "/slots/1").handler(request("GET", "/slots/1"))
+    assert caught.value.status == 405 and caught.value.headers == ((b"Allow", b"POST, OPTIONS"),)
+    with pytest.raises(ValueError):
+        router.add("GET", "/a/x{id}", lambda r: Response(200))
+
+
 # -- small records ------------------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ from igllama.api.fields import (
 from igllama.api.llamacpp import replies
 from igllama.api.llamacpp.errors import from_fim, not_supported, stream_error
 from igllama.api.llamacpp.settings import OFF, SAMPLERS, generation_params
+from igllama.api.lora import lora_field
 from igllama.api.output import parse_output_format
 from igllama.api.prompts import Prompt, parse_prompts, prompt_tokens
 from igllama.engine import (
@@ -93,6 +94,7 @@ def parse_native(data: dict[str, Any], defaults: Defaults) -> NativeCall:
         return_progress=boolean(data, "return_progress", False) and stream,
         return_tokens=True,  # (a stream's frames count them: tokens_predicted)
         slot_id=id_slot if id_slot >= 0 else None,
+        lora=lora_field(data),
     )
     settings = generation_params(sampling, n_predict, stop=stop, stream=stream, n_probs=n_probs,
                                  grammar=grammar if isinstance(grammar, str) else "")
@@ -105,7 +107,7 @@ def _refuse_unsupported(data: dict[str, Any]) -> None:
         value = data.get(name)
         if value is not None and value != off:
             raise not_supported(f"{name} is not supported by igllama's sampler; leave it out (or at {off!r})")
-    for name in ("lora", "image_data", "multimodal_data"):
+    for name in ("image_data", "multimodal_data"):
         if data.get(name):
             raise not_supported(f"{name} is not supported by this server")
 

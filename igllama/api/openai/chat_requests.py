@@ -21,6 +21,7 @@ from igllama.api.fields import (
     sampling_params,
     stop_strings,
 )
+from igllama.api.lora import lora_field
 from igllama.api.output import parse_output_format
 from igllama.api.tools import message_tool_calls, parse_tools
 from igllama.engine import MAX_TOP_LOGPROBS, ChatMessage, CompletionRequest
@@ -69,6 +70,7 @@ def parse_chat(data: dict[str, Any], defaults: Defaults) -> ChatCall:
         grammar=parse_output_format(data),
         split_reasoning=_reasoning_format(data.get("reasoning_format")),
         return_progress=boolean(data, "return_progress", False) and stream,
+        lora=lora_field(data),
     )
     parallel = boolean(data, "parallel_tool_calls", True)
     return ChatCall(request, stream, include_usage and stream, model_name(data), parallel, n)

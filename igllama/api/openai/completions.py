@@ -28,6 +28,7 @@ from igllama.api.fields import (
     sampling_params,
     stop_strings,
 )
+from igllama.api.lora import lora_field
 from igllama.api.openai import chat_replies as responses
 from igllama.api.openai.chat import stream_error
 from igllama.api.prompts import Prompt, is_text, parse_prompts, prompt_text, prompt_tokens
@@ -92,6 +93,7 @@ def parse_completion(data: dict[str, Any], app: App) -> TextCall:
         logprobs=logprobs,
         split_reasoning=False,
         return_progress=boolean(data, "return_progress", False) and stream,
+        lora=lora_field(data),
     )
     return TextCall(
         prompts, suffix, request, integer(data, "n", 1, 1, MAX_CHOICES), echo, stream,
