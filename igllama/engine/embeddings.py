@@ -93,29 +93,18 @@ class Embedder:
         gguf_pooling = POOLING_BY_GGUF.get(int(model.metadata(f"{model.architecture}.pooling_type") or 1))
         # Pooled here (a causal model), or by llama.cpp (None).
         self.pooling: str | None = (pooling or gguf_pooling) if causal else None
-        if self.pooling is not None:
-            self._config = ContextConfig(
-                n_ctx=n_batch + CHUNK,  # the longest input, and the next chunk beside it
-                n_batch=CHUNK,
-                n_seq_max=MAX_INPUTS_PER_BATCH,
-                n_threads=n_threads,
-                n_threads_batch=n_threads_batch,
-                embeddings=True,
-                flash_attn=flash_attn,
-                pooling="none",
-                hidden_states_only=True,
-            )
-        else:
-            self._config = ContextConfig(
-                n_ctx=n_batch,
-                n_batch=n_batch,
-                n_seq_max=MAX_INPUTS_PER_BATCH,
-                n_threads=n_threads,
-                n_threads_batch=n_threads_batch,
-                embeddings=True,
-                flash_attn=flash_attn,
-                pooling=pooling,
-            )
+        chunked = self.pooling is not None
+        self._config = ContextConfig(
+            n_ctx=n_batch + CHUNK if chunked else n_batch,  # (the longest input, and the next chunk beside it)
+            n_batch=CHUNK if chunked else n_batch,
+            n_seq_max=MAX_INPUTS_PER_BATCH,
+            n_threads=n_threads,
+            n_threads_batch=n_threads_batch,
+            embeddings=True,
+            flash_attn=flash_attn,
+            pooling="none" if chunked else pooling,
+            hidden_states_only=chunked,
+        )
         self._runner: Runner | None = None
 
     def tokenize(self, inputs: list[str | list[int]]) -> list[list[int]]:
