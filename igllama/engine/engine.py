@@ -266,6 +266,9 @@ class Engine:
         try:
             for i in range(n):
                 params = sampling if i == 0 or sampling.seed is None else replace(sampling, seed=sampling.seed + i)
+                # Only the first choice scores the prompt (the others' prompt is the same), and it
+                # prefills it whole: the cells of a cached prefix carry no logits to score it by.
+                scored = i == 0 and request.prompt_logprobs is not None
                 sequences.append(Sequence(
                     next(self._ids),
                     prompt,
@@ -273,11 +276,14 @@ class Engine:
                     Sampler(params, self.model.n_vocab, prompt, self.model.vocab),
                     self._text_pipeline(request, prompt),
                     None,
-                    request.cache_prompt,
+                    request.cache_prompt and not scored,
                     request.logprobs,
                     leader=sequences[0] if sequences and request.cache_prompt else None,
                     drafter=Drafter(self.config.spec, self.costs, prompt) if self.costs and request.speculate else None,
                     report_progress=request.return_progress,
+                    n_prompt_logprobs=request.prompt_logprobs if scored else None,
+                    prompt_ranks=request.prompt_ranks,
+                    log_end=request.end_logprob,
                 ))
         except Exception:
             for seq in sequences:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from igllama.engine.prompt_cache import CachedPrompt, PromptCache, common_prefix_length
+from igllama.engine.prompt_logprobs import MAX_SCORED_ROWS
 from igllama.engine.sequence import Sequence, Status
 
 # Sequences decoding at once beyond which nobody drafts: the decode is then compute-bound.
@@ -293,17 +294,23 @@ class Scheduler:
             items.append(BatchItem(seq, [seq.next_token, *draft], True, len(draft)))
             budget -= 1 + len(draft)
             free_cells -= 1 + len(draft)
+        scored_rows = 0  # rows of logits asked for prompts' log-probabilities (MAX_SCORED_ROWS)
         for seq in self.running:
             if seq.status is not Status.PREFILLING or budget <= 0:
                 continue
             n = min(seq.prompt_remaining, budget)
+            if seq.n_prompt_logprobs is not None:
+                n = min(n, MAX_SCORED_ROWS - scored_rows)
             if free_cells < n:
                 free_cells += self._evict_idle(n - free_cells)
             n = min(n, free_cells)
             if n <= 0:
                 continue  # wait for others to finish and free cells
             chunk = seq.prompt[seq.n_fed : seq.n_fed + n]
-            items.append(BatchItem(seq, chunk, n == seq.prompt_remaining))
+            # The last prompt token's logits give the first generated token: none with max_tokens 0.
+            items.append(BatchItem(seq, chunk, n == seq.prompt_remaining and seq.max_tokens > 0))
+            if seq.n_prompt_logprobs is not None:
+                scored_rows += n
             budget -= n
             free_cells -= n
         return items, out_of_room

@@ -21,6 +21,7 @@ from igllama.engine.tools import ToolChoice, ToolSpec
 
 if TYPE_CHECKING:
     from igllama.engine.logprobs import TokenLogprob
+    from igllama.engine.prompt_logprobs import PromptScores
     from igllama.engine.sampling import Sampler
     from igllama.engine.speculation import Drafter
 
@@ -61,6 +62,14 @@ class CompletionRequest:
     # Let the engine speculate (n-gram drafts) when it pays; off, the reply is the same, only slower.
     speculate: bool = True
     return_progress: bool = False  # `Progress` events while the prompt is prefilled (llama-server's)
+    # The prompt's own log-probabilities, with this many alternatives per position (0-20), None
+    # for none: the prompt is then prefilled whole (no cached prefix has its logits), and with
+    # `max_tokens` 0 nothing is generated. `prompt_ranks`: each token's rank in the vocabulary too.
+    prompt_logprobs: int | None = None
+    prompt_ranks: bool = False
+    # List the end-of-generation token that ends the reply among the logprobs (as OpenAI's
+    # legacy completions did): a harness counting positions after an echo expects it.
+    end_logprob: bool = False
 
     @property
     def offered_tools(self) -> tuple[ToolSpec, ...]:
@@ -77,6 +86,7 @@ class TextDelta:
     reasoning: str = ""  # new text of the reasoning block, kept apart from the answer
     calls: tuple[CallDelta, ...] = ()  # pieces of tool calls as they stream
     progress: Progress | None = None  # the prompt's prefill so far (asked with `return_progress`)
+    prompt: PromptScores | None = None  # the prompt's log-probabilities, once (asked with `prompt_logprobs`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +152,7 @@ class Sequence:
         "drafter",
         "id",
         "leader",
+        "log_end",
         "max_tokens",
         "n_accepted",
         "n_bytes_generated",
@@ -151,9 +162,12 @@ class Sequence:
         "n_fed",
         "n_generated",
         "n_logprobs",
+        "n_prompt_logprobs",
         "next_token",
         "pending_logprobs",
         "prompt",
+        "prompt_entries",
+        "prompt_ranks",
         "report_progress",
         "reuse_cache",
         "sampler",
@@ -179,8 +193,16 @@ class Sequence:
         leader: Sequence | None = None,
         drafter: Drafter | None = None,
         report_progress: bool = False,
+        n_prompt_logprobs: int | None = None,
+        prompt_ranks: bool = False,
+        log_end: bool = False,
     ) -> None:
         self.id = seq_id
+        # The prompt's log-probabilities (None: not asked), gathered chunk by chunk as it is prefilled.
+        self.n_prompt_logprobs = n_prompt_logprobs
+        self.prompt_ranks = prompt_ranks
+        self.prompt_entries: list[TokenLogprob] = []
+        self.log_end = log_end  # an end-of-generation token gets its logprobs entry too
         self.report_progress = report_progress  # a `Progress` event after each prefill chunk
         # Another choice of the same request (n > 1): this one waits until the
         # leader's prompt is in the KV cache, then shares its cells.
