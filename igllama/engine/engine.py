@@ -31,6 +31,7 @@ from igllama.engine.messages import ChatMessage
 from igllama.engine.model import Model, ModelConfig, ModelLoadError
 from igllama.engine.prompt import Prompts
 from igllama.engine.prompt_cache import PromptCache
+from igllama.engine.prompt_logprobs import max_scored_rows
 from igllama.engine.runner import ContextConfig, Runner, default_threads
 from igllama.engine.sampling import Sampler, SamplingParams
 from igllama.engine.scheduler import Scheduler
@@ -125,6 +126,7 @@ class Engine:
             config.n_slots, self.n_ctx, self.runner.n_batch, self.model.n_swa, self.runner,
             PromptCache(config.cache_ram_mib * 1024 * 1024),
         )
+        self.scheduler.max_scored_rows = min(self.runner.n_batch, max_scored_rows(self.model.n_vocab))
         self.embedder = Embedder(self.model, max(self.runner.n_batch, 512), self.n_threads, self.n_threads_batch)
         self._own_thread = thread is None
         self._thread = thread if thread is not None else EngineThread()

@@ -24,9 +24,17 @@ import numpy as np
 from igllama.engine.logprobs import TokenLogprob, TopLogprob
 
 MAX_PROMPT_LOGPROBS = 20  # alternatives per position (vLLM's default max_logprobs)
-# Rows of logits one decode may return for scoring: llama.cpp keeps an output
-# buffer of rows x vocabulary floats (128 x 262k x 4 B = 134 MB for the demo model).
-MAX_SCORED_ROWS = 128
+# Logits one decode may return for scoring: llama.cpp keeps an output buffer of
+# rows x vocabulary floats, so the bound is in bytes (256 rows of the demo model's
+# 262k tokens; a whole 512-token batch of a 49k vocabulary). Fewer rows would also
+# mean smaller batches, and a batch's matrix products run faster per token the
+# more tokens it has.
+MAX_SCORED_BYTES = 256 * 1024 * 1024
+
+
+def max_scored_rows(n_vocab: int) -> int:
+    """Rows of logits a decode may return for prompts' scores, for a vocabulary of `n_vocab`."""
+    return max(1, MAX_SCORED_BYTES // (4 * max(n_vocab, 1)))
 _BLOCK_ROWS = 16  # rows per numpy block: 16 MB of temporaries for a 262k vocabulary
 _ITERATED_TOP = 5  # up to this many alternatives, repeated argmax beats argpartition
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from igllama.engine.prompt_cache import CachedPrompt, PromptCache, common_prefix_length
-from igllama.engine.prompt_logprobs import MAX_SCORED_ROWS
 from igllama.engine.sequence import Sequence, Status
 
 # Sequences decoding at once beyond which nobody drafts: the decode is then compute-bound.
@@ -80,6 +79,8 @@ class Scheduler:
         self.memory = memory
         self.cache = cache
         self._clock = 0
+        # Rows of logits one batch may ask for prompts' scores (prompt_logprobs.max_scored_rows).
+        self.max_scored_rows = n_batch
 
     @property
     def has_work(self) -> bool:
@@ -294,13 +295,13 @@ class Scheduler:
             items.append(BatchItem(seq, [seq.next_token, *draft], True, len(draft)))
             budget -= 1 + len(draft)
             free_cells -= 1 + len(draft)
-        scored_rows = 0  # rows of logits asked for prompts' log-probabilities (MAX_SCORED_ROWS)
+        scored_rows = 0  # rows of logits asked for prompts' log-probabilities (max_scored_rows)
         for seq in self.running:
             if seq.status is not Status.PREFILLING or budget <= 0:
                 continue
             n = min(seq.prompt_remaining, budget)
             if seq.n_prompt_logprobs is not None:
-                n = min(n, MAX_SCORED_ROWS - scored_rows)
+                n = min(n, self.max_scored_rows - scored_rows)
             if free_cells < n:
                 free_cells += self._evict_idle(n - free_cells)
             n = min(n, free_cells)

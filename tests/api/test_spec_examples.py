@@ -238,6 +238,8 @@ NOT_RUN = {
     ".venv/bin/python scripts/reference_server.py": "builds llama-server, ~7 minutes the first time",
     ".venv/bin/python scripts/bench": "a benchmark: minutes on 2 cores",
     "bash scripts/scale-out.sh": "tests/test_scale_out.py runs it where nginx is installed",
+    "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 lm_eval ": "lm-eval against a server on the fixed port 8080: "
+    "tests/api/test_lm_eval.py runs the same task on a free port",
 }
 # The HTTPS recipe of docs/operating.md runs whole: its server start is the exception to NOT_RUN.
 HTTPS_SERVER = "igllama api model.gguf --ssl-cert-file"
