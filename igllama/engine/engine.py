@@ -265,12 +265,13 @@ class Engine:
                 raise VocabularyError(
                     f"logit_bias token id {token} is outside the vocabulary (0..{self.model.n_vocab - 1})")
         sequences: list[Sequence] = []
+        scored_request = request.prompt_logprobs is not None
         try:
             for i in range(n):
                 params = sampling if i == 0 or sampling.seed is None else replace(sampling, seed=sampling.seed + i)
                 # Only the first choice scores the prompt (the others' prompt is the same), and it
                 # prefills it whole: the cells of a cached prefix carry no logits to score it by.
-                scored = i == 0 and request.prompt_logprobs is not None
+                scored = i == 0 and scored_request
                 sequences.append(Sequence(
                     next(self._ids),
                     prompt,
@@ -280,7 +281,8 @@ class Engine:
                     None,
                     request.cache_prompt and not scored,
                     request.logprobs,
-                    leader=sequences[0] if sequences and request.cache_prompt else None,
+                    # (a scored prompt's other choices wait for its scores too, which open their replies)
+                    leader=sequences[0] if sequences and (request.cache_prompt or scored_request) else None,
                     drafter=Drafter(self.config.spec, self.costs, prompt) if self.costs and request.speculate else None,
                     report_progress=request.return_progress,
                     n_prompt_logprobs=request.prompt_logprobs if scored else None,

@@ -154,3 +154,22 @@ def test_without_scoring_nothing_is_scored(scoring_server: ServerProcess) -> Non
     choice = complete(scoring_server, {"prompt": PROMPTS[0], "max_tokens": 2, "logprobs": 1}).json()["choices"][0]
     assert "prompt_logprobs" not in choice
     assert len(choice["logprobs"]["tokens"]) <= 2 and all(math.isfinite(x) for x in choice["logprobs"]["token_logprobs"])
+
+
+def test_every_choice_of_a_prompt_is_echoed_with_its_scores(scoring_server: ServerProcess) -> None:
+    request = {"prompt": PROMPTS[:2], "n": 2, "echo": True, "logprobs": 1, "max_tokens": 2, "temperature": 1.0,
+               "seed": 7, "logit_bias": NEVER_STOP}
+    choices = complete(scoring_server, request).json()["choices"]
+    assert len(choices) == 4
+    for choice in choices:
+        prompt = PROMPTS[choice["index"] // 2]
+        tokens = choice["logprobs"]["tokens"]
+        assert choice["text"].startswith(prompt) and "".join(tokens) == choice["text"]
+        assert len(tokens) == len(token_ids(scoring_server, prompt)) + 2
+    for cache_prompt in (True, False):
+        chunks = sse_chunks(complete(scoring_server, {**request, "stream": True, "cache_prompt": cache_prompt}).content)
+        texts: dict[int, str] = {}
+        for chunk in chunks:
+            for choice in chunk["choices"]:
+                texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+        assert all(texts[i].startswith(PROMPTS[i // 2]) for i in range(4)), texts  # the echo came first
