@@ -154,3 +154,16 @@ def test_lm_eval_scores_a_multiple_choice_task(scoring_server: ServerProcess, re
             tokens, ctxlen = encoded[sample["doc_id"] * 3 + k]
             assert abs(score - expected(reference, tokens, ctxlen)[0]) < 1e-3 * (len(tokens) - ctxlen)
         assert sample["acc"] == float(int(np.argmax(scores)) == QUESTIONS[sample["doc_id"]][2])
+
+
+def test_the_tokenizer_routes_answer_in_vllms_shapes(scoring_server: ServerProcess) -> None:
+    info = requests.get(f"{scoring_server.url}/tokenizer_info", timeout=TIMEOUT).json()
+    assert (info["bos_token"], info["eos_token"]) == ("<bos>", "<eos>")
+    assert info["model_max_length"] == 2048
+    [eos] = remote_encode(scoring_server, info["eos_token"])  # lm-eval's eos_token_id
+    assert eos == 1
+    tokens = remote_encode(scoring_server, ROLLING_TEXT)
+    detokenized = requests.post(f"{scoring_server.url}/detokenize", json={"tokens": tokens}, timeout=TIMEOUT).json()
+    assert detokenized["prompt"] == detokenized["content"] == ROLLING_TEXT
+    with_bos = requests.post(f"{scoring_server.url}/tokenize", json={"prompt": ROLLING_TEXT}, timeout=TIMEOUT).json()
+    assert with_bos["tokens"] == [2, *tokens] and with_bos["count"] == len(tokens) + 1  # vLLM adds specials by default
