@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
-from igllama.engine import Finished, GenerationStream, TextDelta, TokenLogprob
+from igllama.engine import Finished, GenerationStream, PromptScores, TextDelta, TokenLogprob
 
 
 async def interleave(streams: Sequence[GenerationStream]) -> AsyncIterator[tuple[int, TextDelta | Finished]]:
@@ -40,9 +40,12 @@ class Reply:
     logprobs: list[TokenLogprob] | None = None  # None: not asked for
     done: Finished | None = None
     tokens: list[int] = field(default_factory=list)  # the ids, when the request asked for them
+    prompt: PromptScores | None = None  # the prompt's log-probabilities, when asked (and this choice scored it)
 
     def add(self, event: TextDelta | Finished) -> None:
         if isinstance(event, TextDelta):
+            if event.prompt is not None:
+                self.prompt = event.prompt
             self.parts.append(event.text)
             self.thoughts.append(event.reasoning)
             if self.logprobs is not None:

@@ -72,10 +72,10 @@ async def parse_body(body: bytes, parse: Callable[[dict[str, Any]], T]) -> T:
     return await asyncio.get_running_loop().run_in_executor(None, lambda: parse(parse_json(body)))
 
 
-def max_tokens_of(data: dict[str, Any], defaults: Defaults, *names: str) -> int:
-    """The first of `names` given (a positive integer), capped by the server's --max-tokens."""
+def max_tokens_of(data: dict[str, Any], defaults: Defaults, *names: str, minimum: int = 1) -> int:
+    """The first of `names` given (an integer from `minimum` on), capped by the server's --max-tokens."""
     for name in names:
-        value = integer(data, name, None, 1)
+        value = integer(data, name, None, minimum)
         if value is not None:
             return min(value, defaults.max_tokens)
     return defaults.max_tokens

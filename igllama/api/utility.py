@@ -1,7 +1,10 @@
 """llama-server's utility endpoints: `/tokenize`, `/detokenize`, `/apply-template`, `/props`.
 
 Tooling (editors counting tokens, prompt debuggers, UIs reading the context
-size) reads these in llama-server's shapes.
+size) reads these in llama-server's shapes. `/tokenize` and `/detokenize` also
+answer vLLM's field names, and `/tokenizer_info` is vLLM's: together they are
+what lm-eval's `tokenizer_backend=remote` asks of a server, so that it can
+count context tokens for loglikelihood tasks with the served model's own tokenizer.
 """
 
 from __future__ import annotations
@@ -34,19 +37,25 @@ def routes(app: App) -> None:
     app.add("POST", "/detokenize", lambda request: detokenize(app, request))
     app.add("POST", "/apply-template", lambda request: apply_template(app, request))
     app.add("GET", "/props", lambda request: props(app, request))
+    app.add("GET", "/tokenizer_info", lambda request: tokenizer_info(app, request))
 
 
 async def tokenize(app: App, request: Request) -> Response:
     data = parse_json(request.body)
-    content = data.get("content")
+    vllm = "content" not in data and "prompt" in data  # vLLM's names: prompt, add_special_tokens
+    field = "prompt" if vllm else "content"
+    content = data.get(field)
     if not isinstance(content, str):
-        raise APIError(400, "content must be a string", param="content")
+        raise APIError(400, f"{field} must be a string", param=field)
+    add_special = boolean(data, "add_special_tokens" if vllm else "add_special", vllm)  # (vLLM's default: add)
     engine = await app.engine(model_name(data))
     try:
-        tokens = await engine.offload(engine.tokenize, content, boolean(data, "add_special", False),
-                                      boolean(data, "parse_special", True), "content")
+        tokens = await engine.offload(engine.tokenize, content, add_special, boolean(data, "parse_special", True),
+                                      field)
     except EngineError as exc:
-        raise from_engine(exc, "content") from None
+        raise from_engine(exc, field) from None
+    if vllm:
+        return Response.json(200, {"count": len(tokens), "max_model_len": engine.n_ctx, "tokens": tokens})
     if not boolean(data, "with_pieces", False):
         return Response.json(200, {"tokens": tokens})
     return Response.json(200, {"tokens": await engine.offload(_pieces, engine, tokens)})
@@ -70,7 +79,8 @@ async def detokenize(app: App, request: Request) -> Response:
     if not isinstance(tokens, list) or not all(is_int(t) for t in tokens):
         raise APIError(400, "tokens must be an array of token ids", param="tokens")
     engine = await app.engine(model_name(data))
-    return Response.json(200, {"content": await engine.offload(_text, engine, tokens)})
+    text = await engine.offload(_text, engine, tokens)
+    return Response.json(200, {"content": text, "prompt": text})  # (llama-server's name, vLLM's)
 
 
 def _text(engine: Engine, tokens: list[int]) -> str:
@@ -120,3 +130,18 @@ def slot_n_ctx(engine: Engine) -> int:
     (`-c 512 -np 2`: 256). igllama's slots share one KV pool, so a lone long request
     may use more; this is what each of them can count on when all are busy."""
     return engine.n_ctx // max(engine.config.n_slots, 1)
+
+
+async def tokenizer_info(app: App, request: Request) -> Response:
+    """vLLM's tokenizer description: its special tokens' text and the chat template."""
+    requested = query_value(request.query, "model")
+    engine = await app.engine(requested)
+    model = engine.model
+    return Response.json(200, {
+        "tokenizer_class": "llama.cpp",
+        "bos_token": model.bos_text or None,
+        "eos_token": model.eos_text or None,
+        "pad_token": None,
+        "chat_template": engine.template.source or None,
+        "model_max_length": engine.n_ctx,
+    })

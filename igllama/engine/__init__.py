@@ -19,6 +19,7 @@ from igllama.engine.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 from igllama.engine.messages import ChatMessage
 from igllama.engine.model import ModelConfig, ModelLoadError
 from igllama.engine.prompt import PromptTooLongError, TextTooLongError
+from igllama.engine.prompt_logprobs import MAX_PROMPT_LOGPROBS, PromptScores
 from igllama.engine.runner import default_threads
 from igllama.engine.sampling import SamplingParams
 from igllama.engine.sequence import CompletionRequest, Finished, OutputSchema, Progress, TextDelta
@@ -29,6 +30,7 @@ from igllama.engine.tool_calls import CallDelta, ToolCall
 from igllama.engine.tools import ToolChoice, ToolSpec
 
 __all__ = [
+    "MAX_PROMPT_LOGPROBS",
     "MAX_TOP_LOGPROBS",
     "CallDelta",
     "CapacityError",
@@ -55,6 +57,7 @@ __all__ = [
     "NoFimError",
     "OutputSchema",
     "Progress",
+    "PromptScores",
     "PromptTooLongError",
     "SamplingParams",
     "SchemaError",

@@ -32,6 +32,7 @@ from igllama.engine.messages import ChatMessage
 from igllama.engine.model import Model, ModelConfig, ModelLoadError
 from igllama.engine.prompt import Prompts
 from igllama.engine.prompt_cache import PromptCache
+from igllama.engine.prompt_logprobs import max_scored_rows
 from igllama.engine.runner import ContextConfig, Runner, default_threads
 from igllama.engine.sampling import Sampler, SamplingParams
 from igllama.engine.scheduler import Scheduler
@@ -135,6 +136,7 @@ class Engine:
             config.n_slots, self.n_ctx, self.runner.n_batch, self.model.n_swa, self.runner,
             PromptCache(config.cache_ram_mib * 1024 * 1024),
         )
+        self.scheduler.max_scored_rows = min(self.runner.n_batch, max_scored_rows(self.model.n_vocab))
         self.embedder = Embedder(self.model, max(self.runner.n_batch, 512), self.n_threads, self.n_threads_batch,
                                  config.pooling, config.flash_attn)
         self._own_thread = thread is None
@@ -276,9 +278,13 @@ class Engine:
                 raise VocabularyError(
                     f"logit_bias token id {token} is outside the vocabulary (0..{self.model.n_vocab - 1})")
         sequences: list[Sequence] = []
+        scored_request = request.prompt_logprobs is not None
         try:
             for i in range(n):
                 params = sampling if i == 0 or sampling.seed is None else replace(sampling, seed=sampling.seed + i)
+                # Only the first choice scores the prompt (the others' prompt is the same), and it
+                # prefills it whole: the cells of a cached prefix carry no logits to score it by.
+                scored = i == 0 and scored_request
                 sequences.append(Sequence(
                     next(self._ids),
                     prompt,
@@ -286,14 +292,18 @@ class Engine:
                     Sampler(params, self.model.n_vocab, prompt, self.model.vocab),
                     self._text_pipeline(request, prompt),
                     None,
-                    request.cache_prompt,
+                    request.cache_prompt and not scored,
                     request.logprobs,
-                    leader=sequences[0] if sequences and request.cache_prompt else None,
+                    # (a scored prompt's other choices wait for its scores too, which open their replies)
+                    leader=sequences[0] if sequences and (request.cache_prompt or scored_request) else None,
                     drafter=Drafter(self.config.spec, self.costs, prompt) if self.costs and request.speculate else None,
                     report_progress=request.return_progress,
                     return_tokens=request.return_tokens,
                     preferred_slot=request.slot_id,
                     lora=lora,
+                    n_prompt_logprobs=request.prompt_logprobs if scored else None,
+                    prompt_ranks=request.prompt_ranks,
+                    log_end=request.end_logprob,
                 ))
         except Exception:
             for seq in sequences:

@@ -33,6 +33,7 @@ class TokenLogprob:
     piece: bytes
     logprob: float
     top: tuple[TopLogprob, ...]  # most likely first; empty when top_logprobs is 0
+    rank: int = 0  # 1 for the most likely token of the vocabulary; 0 where not computed
 
 
 def token_logprob(

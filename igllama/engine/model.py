@@ -108,6 +108,7 @@ class Model:
         self.bos_text = self._special_text(self.bos_token)
         self.eos_text = self._special_text(llama.llama_vocab_eos(self.vocab))
         self._pieces: dict[int, bytes] = {}
+        self._texts: dict[int, bytes] = {}
         self._vocab_facts: tuple[ControlText, int] | None = None
         self.fim = _fim_tokens(self.vocab)
         # Control tokens that mark tool calls (Llama's <|python_tag|>, Mistral's
@@ -216,7 +217,15 @@ class Model:
         return piece
 
     def token_text(self, token: int) -> bytes:
-        """A token's bytes with special tokens written out (`<|im_end|>`), for tokenizer tools."""
+        """A token's bytes with special tokens written out (`<|im_end|>`), for tokenizer tools
+        and scored prompts (each position names its alternatives: cached, as `piece`)."""
+        cached = self._texts.get(token)
+        if cached is not None:
+            return cached
+        self._texts[token] = text = self._token_text(token)
+        return text
+
+    def _token_text(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(256)
         n = llama.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
         if n < 0:

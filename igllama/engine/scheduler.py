@@ -82,6 +82,8 @@ class Scheduler:
         self.cache = cache
         self._clock = 0
         self._turn = 0  # which LoRA key's requests the next batch serves, when they differ
+        # Rows of logits one batch may ask for prompts' scores (prompt_logprobs.max_scored_rows).
+        self.max_scored_rows = n_batch
 
     @property
     def has_work(self) -> bool:
@@ -333,17 +335,23 @@ class Scheduler:
             items.append(BatchItem(seq, [seq.next_token, *draft], True, len(draft)))
             budget -= 1 + len(draft)
             free_cells -= 1 + len(draft)
+        scored_rows = 0  # rows of logits asked for prompts' log-probabilities (max_scored_rows)
         for seq in running:
             if seq.status is not Status.PREFILLING or budget <= 0:
                 continue
             n = min(seq.prompt_remaining, budget)
+            if seq.n_prompt_logprobs is not None:
+                n = min(n, self.max_scored_rows - scored_rows)
             if free_cells < n:
                 free_cells += self._evict_idle(n - free_cells)
             n = min(n, free_cells)
             if n <= 0:
                 continue  # wait for others to finish and free cells
             chunk = seq.prompt[seq.n_fed : seq.n_fed + n]
-            items.append(BatchItem(seq, chunk, n == seq.prompt_remaining))
+            # The last prompt token's logits give the first generated token: none with max_tokens 0.
+            items.append(BatchItem(seq, chunk, n == seq.prompt_remaining and seq.max_tokens > 0))
+            if seq.n_prompt_logprobs is not None:
+                scored_rows += n
             budget -= n
             free_cells -= n
         return items, out_of_room

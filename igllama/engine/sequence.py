@@ -21,6 +21,7 @@ from igllama.engine.tools import ToolChoice, ToolSpec
 
 if TYPE_CHECKING:
     from igllama.engine.logprobs import TokenLogprob
+    from igllama.engine.prompt_logprobs import PromptScores
     from igllama.engine.sampling import Sampler
     from igllama.engine.speculation import Drafter
 
@@ -66,6 +67,14 @@ class CompletionRequest:
     slot_id: int | None = None
     # LoRA adapters as (id, scale) pairs (llama-server's `lora` field); None: the server's global scales.
     lora: tuple[tuple[int, float], ...] | None = None
+    # The prompt's own log-probabilities, with this many alternatives per position (0-20), None
+    # for none: the prompt is then prefilled whole (no cached prefix has its logits), and with
+    # `max_tokens` 0 nothing is generated. `prompt_ranks`: each token's rank in the vocabulary too.
+    prompt_logprobs: int | None = None
+    prompt_ranks: bool = False
+    # List the end-of-generation token that ends the reply among the logprobs (as OpenAI's
+    # legacy completions did): a harness counting positions after an echo expects it.
+    end_logprob: bool = False
 
     @property
     def offered_tools(self) -> tuple[ToolSpec, ...]:
@@ -83,6 +92,7 @@ class TextDelta:
     calls: tuple[CallDelta, ...] = ()  # pieces of tool calls as they stream
     progress: Progress | None = None  # the prompt's prefill so far (asked with `return_progress`)
     tokens: tuple[int, ...] = ()  # ids of the tokens generated since the last delta (asked with `return_tokens`)
+    prompt: PromptScores | None = None  # the prompt's log-probabilities, once (asked with `prompt_logprobs`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +159,7 @@ class Sequence:
         "drafter",
         "id",
         "leader",
+        "log_end",
         "lora",
         "max_tokens",
         "n_accepted",
@@ -159,11 +170,14 @@ class Sequence:
         "n_fed",
         "n_generated",
         "n_logprobs",
+        "n_prompt_logprobs",
         "next_token",
         "pending_logprobs",
         "pending_tokens",
         "preferred_slot",
         "prompt",
+        "prompt_entries",
+        "prompt_ranks",
         "report_progress",
         "reuse_cache",
         "sampler",
@@ -192,6 +206,9 @@ class Sequence:
         return_tokens: bool = False,
         preferred_slot: int | None = None,
         lora: tuple[tuple[int, float], ...] = (),
+        n_prompt_logprobs: int | None = None,
+        prompt_ranks: bool = False,
+        log_end: bool = False,
     ) -> None:
         self.id = seq_id
         # Generated token ids not yet sent with a delta; None: not asked for.
@@ -199,6 +216,11 @@ class Sequence:
         self.preferred_slot = preferred_slot
         # The LoRA adapters its decodes run with (lora.LoraKey): only equal keys share a batch.
         self.lora = lora
+        # The prompt's log-probabilities (None: not asked), gathered chunk by chunk as it is prefilled.
+        self.n_prompt_logprobs = n_prompt_logprobs
+        self.prompt_ranks = prompt_ranks
+        self.prompt_entries: list[TokenLogprob] = []
+        self.log_end = log_end  # an end-of-generation token gets its logprobs entry too
         self.report_progress = report_progress  # a `Progress` event after each prefill chunk
         # Another choice of the same request (n > 1): this one waits until the
         # leader's prompt is in the KV cache, then shares its cells.

@@ -29,6 +29,7 @@ from igllama.engine.errors import CapacityError, EngineError, EngineFailure, Eng
 from igllama.engine.logprobs import token_logprob
 from igllama.engine.lora import Adapters
 from igllama.engine.model import Model
+from igllama.engine.prompt_logprobs import PromptScores, score_rows
 from igllama.engine.runner import DecodeError, Runner
 from igllama.engine.scheduler import BatchItem, Scheduler
 from igllama.engine.sequence import Sequence, Status, TextDelta
@@ -216,6 +217,7 @@ class Worker:
             return
         runner.clear_batch()
         outputs: list[tuple[BatchItem, int]] = []
+        scored: list[tuple[BatchItem, int, int]] = []  # prompt chunks to score: (item, first index, rows)
         for item in items:
             slot = item.sequence.slot
             index = runner.add_tokens(slot.seq_id, len(slot.tokens), item.tokens, item.wants_logits)
@@ -223,6 +225,13 @@ class Worker:
                 runner.mark_all_outputs(index - item.n_draft, index + 1)
             if item.wants_logits:
                 outputs.append((item, index - item.n_draft))
+            seq = item.sequence
+            if seq.n_prompt_logprobs is not None and seq.status is Status.PREFILLING:
+                # Rows for the positions whose next token is in the prompt: never the last one's.
+                first = index - len(item.tokens) + 1
+                rows = min(len(item.tokens), len(seq.prompt) - 1 - seq.n_fed)
+                runner.mark_all_outputs(first, first + rows)
+                scored.append((item, first, rows))
         if self.adapters is not None:
             self.adapters.apply(runner.ctx, items[0].sequence.lora)  # (one key per batch: scheduler.plan)
         # Hand the last step's events to the event loop now, not before this
@@ -239,15 +248,25 @@ class Worker:
             self.costs.observe(sum(len(item.tokens) for item in items), (time.perf_counter() - started) * 1000.0)
         self.steps += 1
         now = time.perf_counter()
+        for item, first, rows in scored:
+            self._score_prompt(item, first, rows)
         for item in items:
             seq = item.sequence
+            if seq.status is Status.FINISHED:
+                continue  # (its scoring failed: it was failed, its cells dropped)
             seq.slot.tokens.extend(item.tokens)
             if seq.status is Status.PREFILLING:
                 seq.n_fed += len(item.tokens)
                 if seq.report_progress:
                     self._outbox.append((seq.sink, TextDelta("", progress=seq.progress(now))))
+                if seq.prompt_remaining == 0 and seq.n_prompt_logprobs is not None:
+                    self._outbox.append((seq.sink, TextDelta("", prompt=self._prompt_scores(seq))))
+                if seq.prompt_remaining == 0 and seq.max_tokens == 0:
+                    self._finish(seq, "length")  # (scoring only: the prompt was all it asked for)
         for item, index in outputs:
             seq = item.sequence
+            if seq.status is Status.FINISHED:
+                continue
             try:
                 if item.n_draft:
                     self._verify(item, index)
@@ -261,10 +280,28 @@ class Worker:
                 log.exception("sampling failed")
                 self._fail(seq, EngineFailure(f"sampling failed: {exc}"), discard=True)
 
+    def _score_prompt(self, item: BatchItem, first: int, rows: int) -> None:
+        """The log-probabilities of the prompt tokens that follow this chunk's positions."""
+        seq = item.sequence
+        if rows <= 0 or seq.n_prompt_logprobs is None:
+            return
+        targets = seq.prompt[seq.n_fed + 1 : seq.n_fed + 1 + rows]
+        try:
+            seq.prompt_entries += score_rows(self.runner.ctx, first, targets, self.model.n_vocab,
+                                             seq.n_prompt_logprobs, seq.prompt_ranks, self.model.token_text)
+        except Exception as exc:
+            log.exception("scoring a prompt failed")
+            self._fail(seq, EngineFailure(f"scoring the prompt failed: {exc}"), discard=True)
+
+    def _prompt_scores(self, seq: Sequence) -> PromptScores:
+        first = seq.prompt[0]
+        entries, seq.prompt_entries = tuple(seq.prompt_entries), []
+        return PromptScores(first, self.model.token_text(first), entries)
+
     def _sample(self, seq: Sequence, index: int) -> int:
         """The token `seq`'s sampler draws from output `index`, its log-probabilities noted if asked."""
         token = seq.sampler.sample(self.runner.ctx, index)
-        if seq.n_logprobs is not None and not self.model.is_eog(token):
+        if seq.n_logprobs is not None and (seq.log_end or not self.model.is_eog(token)):
             entry = token_logprob(self.runner.ctx, index, self.model.n_vocab, token, seq.n_logprobs, self.model.piece)
             seq.pending_logprobs.append((seq.n_bytes_generated, entry))
             seq.n_bytes_generated += len(entry.piece)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 import pytest
 import requests
@@ -236,3 +237,51 @@ def background_loop() -> Iterator[BackgroundLoop]:
     loop = BackgroundLoop()
     yield loop
     loop.close()
+
+
+# -- prompt log-probabilities (test_prompt_logprobs.py, test_lm_eval.py)
+
+Reference = Callable[[list[int]], np.ndarray]
+
+
+@pytest.fixture(scope="session")
+def scoring_server(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log_path = tmp_path_factory.mktemp("scoring") / "stderr.log"
+    running = start_process([model_path, "-c", "2048", "-np", "4", "-n", "16", "--temp", "0", *ONE_THREAD],
+                            log_path)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def reference(model_path: str) -> Iterator[Reference]:
+    """Log-softmax rows of llama.cpp's logits for a token list, computed apart from igllama by
+    llama-cpp-python's high-level class (the only place it is used), in float64."""
+    import llama_cpp.llama_cpp as low_level
+    from llama_cpp import Llama
+
+    default_params = low_level.llama_model_default_params
+
+    def plain_layouts() -> Any:
+        # The weight layout igllama loads by default (model.py): llama.cpp's repacked layouts
+        # run other kernels, whose logits differ by up to ~0.2 nats on this model and, worse,
+        # depend on how many rows share a batch, where the server batches several prompts.
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(low_level, "llama_model_default_params", plain_layouts)
+        # One thread, as the server; flash attention on, as igllama's context gets it (llama.cpp's "auto").
+        llm = Llama(model_path, logits_all=True, n_ctx=512, n_threads=1, n_threads_batch=1, flash_attn=True,
+                    verbose=False)
+
+    def log_softmax(tokens: list[int]) -> np.ndarray:
+        llm.reset()
+        llm.eval(tokens)
+        logits = np.array(llm.scores[: len(tokens)], dtype=np.float64)
+        peaks = logits.max(axis=1, keepdims=True)
+        return logits - peaks - np.log(np.exp(logits - peaks).sum(axis=1, keepdims=True))
+
+    yield log_softmax
+    llm.close()

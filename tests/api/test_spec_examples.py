@@ -242,6 +242,8 @@ NOT_RUN = {
     "curl http://localhost:8080/lora-adapters -d": "needs --lora; tests/api/test_lora_adapters.py runs it",
     "curl http://localhost:8080/v1/chat/completions -d '{\"lora\"": "needs --lora; tests/api/test_lora_adapters.py "
                                                                      "runs it",
+    "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 lm_eval ": "lm-eval against a server on the fixed port 8080: "
+    "tests/api/test_lm_eval.py runs the same task on a free port",
 }
 # The HTTPS recipe of docs/operating.md runs whole: its server start is the exception to NOT_RUN.
 HTTPS_SERVER = "igllama api model.gguf --ssl-cert-file"

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from igllama.api.choices import Outcome, combined, interleave
+from igllama.api.choices import Outcome, Reply, combined, interleave
 from igllama.api.errors import APIError, from_engine
 from igllama.api.fields import parse_body
 from igllama.api.openai import chat_replies as responses
 from igllama.api.openai.chat_requests import ChatCall, parse_chat, parse_embeddings
+from igllama.api.openai.prompt_scores import vllm_prompt_logprobs
 from igllama.api.tools import StreamedCalls, reply_calls
 from igllama.engine import Engine, EngineError, Finished, GenerationStream, TextDelta
 from igllama.http import EventStream, Request, Response
@@ -49,28 +50,43 @@ async def chat_completions(app: App, request: Request) -> Response | EventStream
             streams = await engine.submit_choices(call.request, call.n)
         except EngineError as exc:
             raise from_engine(exc, "messages") from None
-        return await _reply(app, request, call, streams, started)
+        return await _reply(app, request, call, streams, started, engine)
 
     return await app.run(request, call.model, call.stream, start, stream_error)
 
 
-async def _reply(app: App, request: Request, call: ChatCall, streams: list[GenerationStream], started: float
-                 ) -> Response | EventStream:
+async def _reply(app: App, request: Request, call: ChatCall, streams: list[GenerationStream], started: float,
+                 engine: Engine) -> Response | EventStream:
     model = call.model or app.settings.model_id
     if call.stream:
         outcome = Outcome()
         frames = _chunks(streams, call, model, outcome)
         return EventStream(app.guard_stream(request, streams, started, "messages", frames, stream_error, outcome))
     replies, total = await app.gather(request, streams, started, call.request.logprobs is not None)
-    choices = [
+    if call.request.prompt_logprobs is not None:  # (grows with the prompt: built off the loop)
+        return await engine.offload(_reply_with_prompt_logprobs, call, replies, model, total)
+    body = responses.chat_completion(responses.completion_id(), responses.now(), model, _choices(call, replies), total)
+    return Response.json(200, body)
+
+
+def _choices(call: ChatCall, replies: list[Reply]) -> list[dict[str, Any]]:
+    return [
         responses.choice(
             i, reply.text, reply.finished, reply.logprobs,
             reply_calls(reply.finished.tool_calls, call.parallel_tool_calls), reply.reasoning,
         )
         for i, reply in enumerate(replies)
     ]
-    body = responses.chat_completion(responses.completion_id(), responses.now(), model, choices, total)
+
+
+def _reply_with_prompt_logprobs(call: ChatCall, replies: list[Reply], model: str, total: Finished) -> Response:
+    """A whole reply with vLLM's top-level `prompt_logprobs` (scored by the first choice)."""
+    body = responses.chat_completion(responses.completion_id(), responses.now(), model,
+                                     _choices(call, replies), total)
+    scores = replies[0].prompt
+    body["prompt_logprobs"] = None if scores is None else vllm_prompt_logprobs(scores, call.request.prompt_logprobs or 0)
     return Response.json(200, body)
+
 
 async def _chunks(streams: list[GenerationStream], call: ChatCall, model: str, outcome: Outcome
               ) -> AsyncIterator[bytes]:

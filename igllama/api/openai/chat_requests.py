@@ -24,7 +24,7 @@ from igllama.api.fields import (
 from igllama.api.lora import lora_field
 from igllama.api.output import parse_output_format
 from igllama.api.tools import message_tool_calls, parse_tools
-from igllama.engine import MAX_TOP_LOGPROBS, ChatMessage, CompletionRequest
+from igllama.engine import MAX_PROMPT_LOGPROBS, MAX_TOP_LOGPROBS, ChatMessage, CompletionRequest
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
 
@@ -57,6 +57,11 @@ def parse_chat(data: dict[str, Any], defaults: Defaults) -> ChatCall:
     if options is not None and not isinstance(options, dict):
         raise APIError(400, "stream_options must be an object", param="stream_options")
     include_usage = boolean(options or {}, "include_usage", False, "stream_options.include_usage")
+    # vLLM's extension: the rendered prompt's own log-probabilities, in the whole reply only.
+    prompt_logprobs = integer(data, "prompt_logprobs", None, 0, MAX_PROMPT_LOGPROBS)
+    if prompt_logprobs is not None and stream:
+        raise APIError(400, "prompt_logprobs come with the whole reply; send it without stream",
+                       param="prompt_logprobs")
     request = CompletionRequest(
         messages=messages,
         max_tokens=max_tokens,
@@ -71,6 +76,8 @@ def parse_chat(data: dict[str, Any], defaults: Defaults) -> ChatCall:
         split_reasoning=_reasoning_format(data.get("reasoning_format")),
         return_progress=boolean(data, "return_progress", False) and stream,
         lora=lora_field(data),
+        prompt_logprobs=prompt_logprobs,
+        prompt_ranks=prompt_logprobs is not None,
     )
     parallel = boolean(data, "parallel_tool_calls", True)
     return ChatCall(request, stream, include_usage and stream, model_name(data), parallel, n)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from igllama.api.choices import Outcome, combined, interleave
+from igllama.api.choices import Outcome, Reply, combined, interleave
 from igllama.api.errors import APIError, from_engine
 from igllama.api.fields import (
     MAX_CHOICES,
@@ -31,13 +31,16 @@ from igllama.api.fields import (
 from igllama.api.lora import lora_field
 from igllama.api.openai import chat_replies as responses
 from igllama.api.openai.chat import stream_error
+from igllama.api.openai.prompt_scores import legacy_logprobs, vllm_prompt_logprobs
 from igllama.api.prompts import Prompt, is_text, parse_prompts, prompt_text, prompt_tokens
 from igllama.engine import (
+    MAX_PROMPT_LOGPROBS,
     CompletionRequest,
     Engine,
     EngineError,
     Finished,
     GenerationStream,
+    PromptScores,
     TextDelta,
     TokenLogprob,
 )
@@ -61,6 +64,12 @@ class TextCall:
     stream: bool
     include_usage: bool
     model: str | None
+    scored: bool = False  # echo with logprobs: the prompt's tokens lead the choice's logprobs
+    prompt_logprobs: int | None = None  # vLLM's prompt_logprobs: alternatives per prompt position
+
+    @property
+    def wants_scores(self) -> bool:
+        return self.request.prompt_logprobs is not None
 
 
 def routes(app: App) -> None:
@@ -77,16 +86,19 @@ def parse_completion(data: dict[str, Any], app: App) -> TextCall:
         raise APIError(400, "suffix needs the prompt as text, not token ids", param="suffix")
     logprobs = integer(data, "logprobs", None, 0, MAX_LEGACY_LOGPROBS)
     echo = boolean(data, "echo", False)
-    if echo and logprobs is not None:
-        raise APIError(400, "echo with logprobs would need the prompt's log-probabilities, which this server "
-                       "does not compute; drop one of them", param="echo")
+    prompt_logprobs = integer(data, "prompt_logprobs", None, 0, MAX_PROMPT_LOGPROBS)  # vLLM's extension
+    scored = echo and logprobs is not None  # the echoed prompt's tokens come with their logprobs
+    # The prompt scored with the most alternatives either shape lists (each takes its share).
+    n_prompt_top = max(logprobs if scored else -1, -1 if prompt_logprobs is None else prompt_logprobs)
     stream = boolean(data, "stream", False)
     options = data.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise APIError(400, "stream_options must be an object", param="stream_options")
     request = CompletionRequest(
         messages=(),
-        max_tokens=max_tokens_of(data, app.defaults, "max_tokens"),
+        # max_tokens 0 (score or echo the prompt, generate nothing) as OpenAI's API allowed it with echo.
+        max_tokens=max_tokens_of(data, app.defaults, "max_tokens",
+                                 minimum=0 if echo or prompt_logprobs is not None else 1),
         sampling=sampling_params(data, app.defaults),
         stop=stop_strings(data.get("stop")),
         cache_prompt=boolean(data, "cache_prompt", True),
@@ -94,11 +106,14 @@ def parse_completion(data: dict[str, Any], app: App) -> TextCall:
         split_reasoning=False,
         return_progress=boolean(data, "return_progress", False) and stream,
         lora=lora_field(data),
+        prompt_logprobs=n_prompt_top if n_prompt_top >= 0 else None,
+        prompt_ranks=prompt_logprobs is not None,
+        end_logprob=scored,
     )
     return TextCall(
         prompts, suffix, request, integer(data, "n", 1, 1, MAX_CHOICES), echo, stream,
         boolean(options or {}, "include_usage", False, "stream_options.include_usage") and stream,
-        model_name(data),
+        model_name(data), scored, prompt_logprobs,
     )
 
 
@@ -139,11 +154,40 @@ async def _complete(app: App, request: Request, call: TextCall, started: float, 
         frames = _chunks(streams, echoes, call, cid, created, model, outcome)
         return EventStream(app.guard_stream(request, streams, started, "prompt", frames, stream_error, outcome))
     replies, total = await app.gather(request, streams, started, call.request.logprobs is not None, "prompt")
+    if call.wants_scores:  # a reply that grows with the prompts' length and alternatives: built off the loop
+        return await engine.offload(_scored_reply, call, echoes, replies, cid, created, model, total)
     choices = [
-        _choice(i, echoes[i] + reply.text, reply.done, _legacy_logprobs(reply.logprobs, len(echoes[i])))
+        _choice(i, echoes[i] + reply.text, reply.done,
+                None if reply.logprobs is None else legacy_logprobs(None, None, 0, reply.logprobs, len(echoes[i])))
         for i, reply in enumerate(replies)
     ]
     return Response.json(200, _completion(cid, created, model, choices, total))
+
+
+def _scored_reply(call: TextCall, echoes: list[str], replies: list[Reply], cid: str, created: int, model: str,
+                  total: Finished) -> Response:
+    """The whole reply of a request that asked for its prompts' log-probabilities: each choice
+    takes them from the first choice of its prompt, which scored it."""
+    choices = []
+    for i, reply in enumerate(replies):
+        prompt = call.prompts[i // call.n]
+        scores = replies[i - i % call.n].prompt
+        choices.append(_scored_choice(i, call, echoes[i], reply.text, reply.done, scores,
+                                      prompt if isinstance(prompt, str) else None, reply.logprobs or []))
+    return Response.json(200, _completion(cid, created, model, choices, total))
+
+
+def _scored_choice(index: int, call: TextCall, echo: str, text: str, done: Finished | None,
+                   scores: PromptScores | None, prompt: str | None,
+                   generated: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    logprobs = None
+    if call.request.logprobs is not None:
+        logprobs = legacy_logprobs(scores if call.scored else None, prompt, call.request.logprobs, generated,
+                                   len(echo))
+    choice = _choice(index, echo + text, done, logprobs)
+    if call.prompt_logprobs is not None and scores is not None:
+        choice["prompt_logprobs"] = vllm_prompt_logprobs(scores, call.prompt_logprobs)
+    return choice
 
 
 def _choice(index: int, text: str, done: Finished | None, logprobs: dict[str, Any] | None) -> dict[str, Any]:
@@ -161,40 +205,28 @@ def _completion(cid: str, created: int, model: str, choices: list[dict[str, Any]
     return body
 
 
-def _legacy_logprobs(entries: list[TokenLogprob] | tuple[TokenLogprob, ...] | None, offset: int,
-                     ) -> dict[str, Any] | None:
-    """The completions endpoint's older logprobs shape: parallel lists, and each
-    token's alternatives as a {token: logprob} map."""
-    if entries is None:
-        return None
-    tokens, offsets = [], []
-    for entry in entries:
-        tokens.append(entry.piece.decode("utf-8", errors="replace"))
-        offsets.append(offset)
-        offset += len(tokens[-1])
-    return {
-        "tokens": tokens,
-        "token_logprobs": [entry.logprob for entry in entries],
-        "top_logprobs": [{top.piece.decode("utf-8", errors="replace"): top.logprob for top in entry.top}
-                         for entry in entries],
-        "text_offset": offsets,
-    }
-
-
 async def _chunks(streams: list[GenerationStream], echoes: list[str], call: TextCall, cid: str, created: int,
                   model: str, outcome: Outcome) -> AsyncIterator[bytes]:
     ends: list[Finished | None] = [None] * len(streams)
     offsets = [len(echo) for echo in echoes]
     for i, echo in enumerate(echoes):
-        if echo:
+        if echo and not call.wants_scores:  # (else with the prompt's scores, when they come)
             yield orjson.dumps(_completion(cid, created, model, [_choice(i, echo, None, None)], None))
     async for i, event in interleave(streams):
+        if isinstance(event, TextDelta) and event.prompt is not None:
+            # The first choice of a prompt scored it: its scores open every choice of that prompt.
+            prompt = call.prompts[i // call.n]
+            for j in range(i, i + call.n):
+                choice = _scored_choice(j, call, echoes[j], "", None, event.prompt,
+                                        prompt if isinstance(prompt, str) else None, ())
+                yield orjson.dumps(_completion(cid, created, model, [choice], None))
         if isinstance(event, TextDelta):
             if event.progress is not None:
                 yield orjson.dumps({**_completion(cid, created, model, [], None),
                                     "prompt_progress": responses.prompt_progress(event.progress)})
             if event.text or event.logprobs:
-                logprobs = _legacy_logprobs(event.logprobs, offsets[i]) if call.request.logprobs is not None else None
+                logprobs = (legacy_logprobs(None, None, 0, event.logprobs, offsets[i])
+                            if call.request.logprobs is not None else None)
                 offsets[i] += len(event.text)
                 yield orjson.dumps(_completion(cid, created, model, [_choice(i, event.text, None, logprobs)], None))
             continue
