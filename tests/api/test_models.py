@@ -105,13 +105,14 @@ def test_two_models_answer_alternately_each_in_its_own_voice(many: ServerProcess
     assert {DEMO, SMOL} <= loaded(many)
     assert states(many)[DEMO] == states(many)[SMOL] == "loaded"
     assert requests.get(f"{many.url}/health", params={"model": SMOL}, timeout=TIMEOUT).json()["model"] == "loaded"
-    # SmolLM2 runs with its models.toml context, the demo model with the flag's.
+    # SmolLM2 runs with its models.toml context, the demo model with the flag's; /props
+    # reports a slot's share of it (two slots), as llama-server does.
     props = requests.get(f"{many.url}/props", params={"model": SMOL}, timeout=TIMEOUT).json()
-    assert props["default_generation_settings"]["n_ctx"] == 1024
+    assert props["default_generation_settings"]["n_ctx"] == 1024 // 2
     props = requests.get(f"{many.url}/props", params={"model": DEMO}, timeout=TIMEOUT).json()
-    assert props["default_generation_settings"]["n_ctx"] == 2048
+    assert props["default_generation_settings"]["n_ctx"] == 2048 // 2
     slots = requests.get(f"{many.url}/slots", params={"model": SMOL}, timeout=TIMEOUT).json()
-    assert len(slots) == 2 and all(slot["n_ctx"] == 1024 for slot in slots)
+    assert len(slots) == 2 and all(slot["n_ctx"] == 1024 // 2 for slot in slots)
     # Each loaded model's engine gauges, labelled with its name.
     metrics = requests.get(f"{many.url}/metrics", timeout=TIMEOUT).text
     assert f'igllama_kv_cells_total{{model="{SMOL}"}} 1024' in metrics
