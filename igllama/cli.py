@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the shortest history tail looked up for a draft (default 3)")
     api.add_argument("--spec-ngram-max", type=_int, default=32, metavar="N",
                      help="a match this long is taken for a copy in progress (default 32)")
+    api.add_argument("--spec-memory", type=_int, default=65536, metavar="TOKENS",
+                     help="tokens of earlier replies kept to draft from when a request writes them again "
+                          "(default 65536, 0 none)")
     api.add_argument("--responses-store", type=_int, default=256, metavar="N",
                      help="Responses API responses kept in memory for previous_response_id (default 256, 0 none)")
     api.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS",
@@ -334,6 +337,8 @@ def parse_config(argv: list[str]) -> ServerConfig:
         fail(f"--cache-ram must be 0 or more, not {args.cache_ram}")
     if args.max_queue < 0:
         fail(f"--max-queue must be 0 or more, not {args.max_queue}")
+    if args.spec_memory < 0:
+        fail("--spec-memory must be 0 (none) or more")
     if args.spec_draft_max < 1 or args.spec_ngram_min < 1 or args.spec_ngram_max < args.spec_ngram_min:
         fail("--spec-draft-max and --spec-ngram-min must be at least 1, --spec-ngram-max at least --spec-ngram-min")
     if args.responses_store < 0:
@@ -380,7 +385,7 @@ def parse_config(argv: list[str]) -> ServerConfig:
         responses_store=args.responses_store, using_demo=using_demo,
         cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v,
         spec=args.spec == "on", spec_draft_max=args.spec_draft_max, spec_ngram_min=args.spec_ngram_min,
-        spec_ngram_max=args.spec_ngram_max, ssl_cert_file=args.ssl_cert_file, ssl_key_file=args.ssl_key_file,
+        spec_ngram_max=args.spec_ngram_max, spec_memory=args.spec_memory, ssl_cert_file=args.ssl_cert_file, ssl_key_file=args.ssl_key_file,
         metrics=args.metrics, slots=not args.no_slots, sse_ping=args.sse_ping,
         seed=args.seed, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
         presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,

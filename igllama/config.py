@@ -45,6 +45,7 @@ class ServerConfig:
     spec_draft_max: int = 64  # as SpecConfig's (this module does not import the engine)
     spec_ngram_min: int = 3
     spec_ngram_max: int = 32
+    spec_memory: int = 65536
     shutdown_timeout: float = 30.0
     ssl_cert_file: str | None = None  # both or neither: HTTPS
     ssl_key_file: str | None = None

@@ -9,9 +9,13 @@ llama-server's defaults, and llama-server with its n-gram modes
 Each measurement is one greedy streamed reply; rounds alternate between the
 servers; the table quotes medians of the decode speed (tokens after the
 first, over the time from first to last), and hashes of the replies show
-that speculation did not change igllama's text. Then aggregate throughput
-with 4 and 8 concurrent free-chat streams, igllama with speculation on and
-off.
+whether speculation changed igllama's text. Every round sends the same
+prompts, as a user regenerating an answer would: from the second round on,
+igllama (its memory of earlier replies, `--spec-memory`) and llama-server's
+`ngram-mod` (one n-gram table shared by all requests) can draft from the
+reply of the round before; the `round 1` column is each server's first
+time. Then aggregate throughput with 4 and 8 concurrent free-chat streams,
+igllama with speculation on and off, alternating.
 
     .venv/bin/python scripts/bench_spec.py                      # Qwen2.5-Coder-0.5B-Instruct and the demo model
     .venv/bin/python scripts/bench_spec.py --models demo --rounds 2
@@ -26,6 +30,7 @@ import concurrent.futures
 import hashlib
 import http.client
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -97,6 +102,7 @@ def aggregate(port: int, clients: int, max_tokens: int) -> float:
 
 def servers(model: str, args: argparse.Namespace, logdir: Path) -> dict[str, Server]:
     ref = str(reference_server_path())
+    extra = shlex.split(args.ref_extra)
     common = ["--host", "127.0.0.1", "-c", str(args.ctx), "-t", str(args.threads), "-tb", str(args.threads), "-np", "8"]
     igllama = [sys.executable, "-m", "igllama", "api", model]
     longer = {f"igllama draft-max {n}": [*igllama, "--spec-draft-max", str(n)] for n in args.draft_max}
@@ -106,10 +112,10 @@ def servers(model: str, args: argparse.Namespace, logdir: Path) -> dict[str, Ser
         "igllama": igllama,
         **longer,
         "igllama spec off": [*igllama, "--spec", "off"],
-        "llama-server": [ref, "-m", model, "--jinja", "--no-webui", "--kv-unified"],
-        "llama-server ngram-mod": [ref, "-m", model, "--jinja", "--no-webui", "--kv-unified",
+        "llama-server": [ref, "-m", model, "--jinja", "--no-webui", "--kv-unified", *extra],
+        "llama-server ngram-mod": [ref, "-m", model, "--jinja", "--no-webui", "--kv-unified", *extra,
                                    "--spec-type", "ngram-mod"],
-        "llama-server ngram-simple": [ref, "-m", model, "--jinja", "--no-webui", "--kv-unified",
+        "llama-server ngram-simple": [ref, "-m", model, "--jinja", "--no-webui", "--kv-unified", *extra,
                                       "--spec-type", "ngram-simple"],
     }.items():
         port = free_port("127.0.0.1")
@@ -140,14 +146,15 @@ def bench_model(label: str, model: str, args: argparse.Namespace, logdir: Path) 
                     replies.setdefault((workload, name), set()).add(hashlib.sha256(text.encode()).hexdigest()[:10])
         print(f"\n{label}: {Path(model).name}; {args.threads} threads, ctx {args.ctx}, greedy {args.tokens} tokens, "
               f"medians of {args.rounds}")
-        print(f"{'workload':10} {'server':26} {'tok/s':>7} {'vs llama-server':>16} {'vs spec off':>12}  reply")
+        print(f"{'workload':10} {'server':26} {'tok/s':>7} {'vs llama-server':>16} {'vs spec off':>12} "
+              f"{'round 1':>8}  reply")
         for workload in WORKLOADS:
             base = statistics.median(speeds[workload, "llama-server"])
             off = statistics.median(speeds[workload, "igllama spec off"])
             for name in running:
                 value = statistics.median(speeds[workload, name])
-                print(f"{workload:10} {name:26} {value:7.1f} {value / base:15.2f}x {value / off:11.2f}x  "
-                      f"{','.join(sorted(replies[workload, name]))}")
+                print(f"{workload:10} {name:26} {value:7.1f} {value / base:15.2f}x {value / off:11.2f}x "
+                      f"{speeds[workload, name][0]:8.1f}  {','.join(sorted(replies[workload, name]))}")
         same = replies["code edit", "igllama"] == replies["code edit", "igllama spec off"] and \
             all(replies[w, "igllama"] == replies[w, "igllama spec off"] for w in WORKLOADS)
         print(f"igllama's replies with speculation on equal those with it off: {'yes' if same else 'NO'}")
@@ -158,8 +165,12 @@ def bench_model(label: str, model: str, args: argparse.Namespace, logdir: Path) 
             rows.append(bench_png.Row(f"{label}: {workload}", ours, theirs, f"{ours:.1f}", f"{theirs:.1f}",
                                       f"x{ours / theirs:.2f} (n-gram x{best / theirs:.2f})", ours >= theirs))
         for clients in (4, 8):
-            on = [aggregate(running["igllama"].port, clients, args.tokens // 2) for _ in range(args.rounds)]
-            off_ = [aggregate(running["igllama spec off"].port, clients, args.tokens // 2) for _ in range(args.rounds)]
+            on: list[float] = []
+            off_: list[float] = []
+            for r in range(args.rounds):  # alternating, which goes first too
+                pair = [(on, "igllama"), (off_, "igllama spec off")]
+                for results, name in pair if r % 2 == 0 else reversed(pair):
+                    results.append(aggregate(running[name].port, clients, args.tokens // 2))
             print(f"aggregate {clients} clients: spec on {statistics.median(on):6.1f} tok/s, "
                   f"off {statistics.median(off_):6.1f} tok/s, ratio {statistics.median(on) / statistics.median(off_):.3f}")
         return rows
@@ -179,6 +190,9 @@ def main() -> int:
                         help="the chart (default docs/bench-spec.png; '' for none)")
     parser.add_argument("--igllama", action="append", default=[], metavar="FLAGS",
                         help="also run igllama with these flags (repeatable), e.g. --igllama=--repack")
+    parser.add_argument("--ref-extra", default="", metavar="ARGS",
+                        help="extra arguments for every llama-server, e.g. --ref-extra=--no-repack where its "
+                             "repacked (AMX) kernels crash")
     parser.add_argument("--draft-max", type=lambda v: [int(n) for n in v.split(",") if n], default=[],
                         help="also run igllama with these --spec-draft-max values (comma-separated)")
     args = parser.parse_args()

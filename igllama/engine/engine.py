@@ -30,6 +30,7 @@ from igllama.engine.infill import ExtraFile
 from igllama.engine.lora import Adapters, LoraSpec
 from igllama.engine.messages import ChatMessage
 from igllama.engine.model import Model, ModelConfig, ModelLoadError
+from igllama.engine.ngram_memory import NgramMemory
 from igllama.engine.prompt import Prompts
 from igllama.engine.prompt_cache import PromptCache
 from igllama.engine.prompt_logprobs import max_scored_rows
@@ -143,6 +144,9 @@ class Engine:
         self._thread = thread if thread is not None else EngineThread()
         self.worker = Worker(self.model, self.runner, self.scheduler, self.embedder, self._thread.inbox())
         self.costs = DecodeCosts() if config.spec.enabled else None
+        spec = config.spec
+        self.memory = NgramMemory(spec.memory, spec.ngram_max // 2, spec.ngram_max) \
+            if spec.enabled and spec.memory > 0 else None
         self.worker.costs = self.costs
         self.worker.adapters = self.adapters if len(self.adapters) else None
         self._inbox = self.worker.inbox
@@ -296,7 +300,7 @@ class Engine:
                     request.logprobs,
                     # (a scored prompt's other choices wait for its scores too, which open their replies)
                     leader=sequences[0] if sequences and (request.cache_prompt or scored_request) else None,
-                    drafter=Drafter(self.config.spec, self.costs, prompt) if self.costs and request.speculate else None,
+                    drafter=Drafter(self.config.spec, self.costs, prompt, self.memory) if self.costs and request.speculate else None,
                     report_progress=request.return_progress,
                     return_tokens=request.return_tokens,
                     preferred_slot=request.slot_id,

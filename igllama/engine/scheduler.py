@@ -330,7 +330,8 @@ class Scheduler:
             if free_cells < 1:
                 out_of_room.append(seq)
                 continue
-            draft = self._draft(seq, len(decoding), drafted, min(budget - len(decoding), free_cells - 1))
+            draft = self._draft(seq, len(running), len(decoding), drafted,
+                                min(budget - len(decoding), free_cells - 1))
             drafted += len(draft)
             items.append(BatchItem(seq, [seq.next_token, *draft], True, len(draft)))
             budget -= 1 + len(draft)
@@ -356,11 +357,12 @@ class Scheduler:
             free_cells -= n
         return items, out_of_room
 
-    def _draft(self, seq: Sequence, n_decoding: int, drafted: int, room: int) -> list[int]:
+    def _draft(self, seq: Sequence, n_running: int, n_decoding: int, drafted: int, room: int) -> list[int]:
         """Tokens to verify after `seq`'s next one: what its drafter finds worth the cost in this
-        batch, none once more than MAX_DRAFTING_STREAMS sequences decode (measured: with 8
-        streams on the demo model drafts cost 17% of the throughput, whatever they promised)."""
-        if seq.drafter is None or n_decoding > MAX_DRAFTING_STREAMS:
+        batch, none once more than MAX_DRAFTING_STREAMS sequences run, decoding or prefilling
+        (measured: with 8 streams on the demo model drafts cost 17% of the throughput, whatever
+        they promised; and a draft beside a prompt being read delays that prompt's first token)."""
+        if seq.drafter is None or n_running > MAX_DRAFTING_STREAMS:
             return []
         # Never past max_tokens or the context: a draft token is one more cell and one more token.
         limit = min(room, seq.max_tokens - seq.n_generated - 1, self.n_ctx - len(seq.slot.tokens) - 2)

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from igllama.engine.ngram_memory import NgramMemory
+
 # Draft lengths tried (the continuation found may be shorter).
 _LENGTHS = (1, 2, 3, 4, 6, 8, 16, 32, 64)
 # Decode sizes timed at start: one token, and one token plus each draft length.
@@ -56,6 +58,8 @@ class SpecConfig:
     draft_max: int = 64
     ngram_min: int = 3  # the shortest history tail looked up
     ngram_max: int = 32  # matches longer than this count as this long
+    # Tokens of earlier replies kept to draft from (`NgramMemory`; 0: none). 65,536 cost ~8 MB.
+    memory: int = 65536
 
 
 class DecodeCosts:
@@ -108,12 +112,15 @@ class Drafter:
     """One sequence's history, indexed by its n-grams, and how well its drafts have done."""
 
     __slots__ = ("_accepted", "_copying", "_index", "_indexed", "_rejected", "_seen_at", "config", "costs",
-                 "tokens")
+                 "memory", "n_prompt", "tokens")
 
-    def __init__(self, config: SpecConfig, costs: DecodeCosts, tokens: list[int]) -> None:
+    def __init__(self, config: SpecConfig, costs: DecodeCosts, tokens: list[int],
+                 memory: NgramMemory | None = None) -> None:
         self.config = config
         self.costs = costs
+        self.memory = memory  # earlier replies of this engine, drafted from where the history has no long match
         self.tokens = list(tokens)  # the prompt and every token generated (the last one not yet decoded)
+        self.n_prompt = len(self.tokens)
         self._index: dict[tuple[int, ...], int] = {}  # an ngram_min-gram -> where it last ended
         self._indexed = 0  # end positions indexed so far: 1 .. _indexed
         # Drafted tokens accepted, and drafts cut short by a rejection, recent ones weighing most;
@@ -135,11 +142,25 @@ class Drafter:
         if limit < 1 or len(tokens) <= n:
             return []
         end = self._index.get(tuple(tokens[-n:]))
+        matched = 0 if end is None else self._match_length(end)
+        memory = self.memory
+        if memory is not None and matched < memory.key:
+            at, longer = memory.find(tokens, self.config.ngram_max)
+            if longer > matched:
+                continuation = memory.continuation(at, limit)
+                return continuation[:self._best_length(longer, len(continuation), batch_tokens)]
         if end is None:
             return []
         continuation = tokens[end : end + limit]
-        k = self._best_length(self._match_length(end), len(continuation), batch_tokens)
-        return continuation[:k]
+        if end + limit > len(tokens):
+            # The tail repeats what `end` is followed by: a loop of that period, which goes on as it went.
+            continuation *= -(-limit // len(continuation))
+        return continuation[:self._best_length(matched, min(limit, len(continuation)), batch_tokens)]
+
+    def remember(self) -> None:
+        """The sequence has ended: keep what it wrote for the drafts of later requests."""
+        if self.memory is not None:
+            self.memory.remember(self.tokens, self.n_prompt)
 
     def record(self, drafted: int, accepted: int) -> None:
         """Learn from a verified draft: `accepted` successes, and a failure if it was cut short."""

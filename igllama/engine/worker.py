@@ -437,6 +437,8 @@ class Worker:
                 log.exception("clearing a failed request's KV cells failed")
 
     def _end(self, seq: Sequence) -> None:
+        if seq.drafter is not None and seq in self._live:
+            seq.drafter.remember()
         if seq.status is not Status.FINISHED:
             self.scheduler.release(seq)
             seq.sampler.close()

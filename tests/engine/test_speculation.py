@@ -15,6 +15,7 @@ from igllama.engine import (
     ModelConfig,
     SamplingParams,
 )
+from igllama.engine.ngram_memory import NgramMemory
 from igllama.engine.speculation import DecodeCosts, Drafter, SpecConfig
 from tests.engine.conftest import run
 from tests.models import QWEN_CODER
@@ -39,6 +40,13 @@ def test_the_latest_occurrence_wins_and_the_index_follows_new_tokens() -> None:
     d = drafter([1, 2, 3, 40, 1, 2, 3, 50, 9, 1, 2])
     d.append(3)
     assert d.propose(1) == [50]
+
+
+def test_a_loop_is_drafted_past_the_history_s_end() -> None:
+    """A reply caught in a loop goes on as it went: a draft longer than the loop's period."""
+    d = drafter([9, 1, 2, 3, 1, 2, 3, 1, 2, 3])
+    d.record(8, 8)  # (its drafts were accepted: it may draft long)
+    assert d.propose(8) == [1, 2, 3, 1, 2, 3, 1, 2]
 
 
 def test_a_draft_is_only_made_when_it_pays() -> None:
@@ -82,6 +90,33 @@ def test_drafts_that_are_always_accepted_grow() -> None:
         for token in draft + [draft[-1] + 1]:
             d.append(token)
     assert lengths[0] >= 1 and lengths[-1] >= 16, lengths
+
+
+def test_a_reply_written_again_is_drafted_from_the_memory_of_earlier_replies() -> None:
+    memory = NgramMemory(1000, key=4, context=16)
+    prompt = list(range(1, 21))
+    reply = list(range(500, 540))
+    memory.remember(prompt + reply, len(prompt))
+    again = Drafter(SpecConfig(), DecodeCosts(CHEAP), prompt, memory)  # the same prompt, asked again
+    first = again.propose(64)
+    assert first and first == reply[:len(first)]
+    again.record(len(first), len(first))  # accepted: the next draft may be longer
+    for token in reply[:36]:
+        again.append(token)
+    assert again.propose(64) == reply[36:]  # a draft ends where the remembered reply ended
+    other = Drafter(SpecConfig(), DecodeCosts(CHEAP), list(range(900, 920)) + prompt[-3:], memory)
+    assert other.propose(64) == []  # three tokens in common are no copy
+    assert Drafter(SpecConfig(), DecodeCosts(CHEAP), prompt).propose(64) == []  # no memory, no match
+
+
+def test_the_memory_keeps_the_newest_replies_within_its_capacity() -> None:
+    memory = NgramMemory(100, key=4, context=4)
+    for i in range(10):
+        memory.remember([1000 + i] * 4 + list(range(100 * i, 100 * i + 30)), 4)
+        assert len(memory) <= 100
+    newest = [1009] * 4
+    assert memory.continuation(memory.find(newest, 32)[0], 5) == [900, 901, 902, 903, 904]
+    assert memory.find([1000] * 4, 32) == (-1, 0)  # the oldest is gone
 
 
 def test_costs_follow_what_decodes_take_while_serving() -> None:
@@ -144,6 +179,20 @@ async def test_speculation_never_changes_a_greedy_reply(one_thread: Engine) -> N
     assert drafted > 0, "nothing was drafted: the test proved nothing"
 
 
+async def test_a_reply_asked_for_again_is_drafted_from_the_first(one_thread: Engine) -> None:
+    """Free chat has little to copy from its own history; the same question asked again (a
+    regenerated answer) drafts from the reply it wrote the first time, and writes the same reply."""
+    await cheap(one_thread)
+    request = CompletionRequest((ChatMessage("user", WORKLOADS["free chat"] + " Make it sad."),), 96,
+                                SamplingParams(temperature=0.0), cache_prompt=False)
+    first, done_first = await run(one_thread, request)
+    again, done_again = await run(one_thread, request)
+    assert "".join(again) == "".join(first)
+    # Every token drafted the second time is one the model writes (the memory holds its reply).
+    assert done_again.drafted == done_again.accepted >= max(done_first.accepted, done_again.completion_tokens // 2), \
+        (done_first, done_again)
+
+
 async def test_sampled_replies_keep_their_seed(one_thread: Engine) -> None:
     """A seeded sampled reply draws the same tokens: drafts are accepted only where the sampler agrees."""
     await cheap(one_thread)
@@ -155,7 +204,7 @@ async def test_sampled_replies_keep_their_seed(one_thread: Engine) -> None:
     assert done.drafted > 0
 
 
-def test_nobody_drafts_once_more_than_two_sequences_decode() -> None:
+def test_nobody_drafts_once_more_than_two_sequences_run() -> None:
     """Then the decode is compute-bound: with 8 streams drafts cost 17% of the throughput
     (docs/speculation.md)."""
     from types import SimpleNamespace
@@ -166,5 +215,7 @@ def test_nobody_drafts_once_more_than_two_sequences_decode() -> None:
     copy = list(range(100, 140)) + list(range(100, 130))
     scheduler = Scheduler(4, 1024, 64, 0, None, PromptCache(0))  # type: ignore[arg-type]
     seq = SimpleNamespace(drafter=drafter(copy), max_tokens=100, n_generated=0, slot=SimpleNamespace(tokens=copy))
-    assert scheduler._draft(seq, MAX_DRAFTING_STREAMS, 0, 64)  # type: ignore[arg-type]
-    assert scheduler._draft(seq, MAX_DRAFTING_STREAMS + 1, 0, 64) == []  # type: ignore[arg-type]
+    assert scheduler._draft(seq, MAX_DRAFTING_STREAMS, MAX_DRAFTING_STREAMS, 0, 64)  # type: ignore[arg-type]
+    assert scheduler._draft(seq, MAX_DRAFTING_STREAMS + 1, MAX_DRAFTING_STREAMS + 1, 0, 64) == []  # type: ignore[arg-type]
+    # Nor beside others' prompts being read: a draft would delay their first tokens.
+    assert scheduler._draft(seq, MAX_DRAFTING_STREAMS + 1, 1, 0, 64) == []  # type: ignore[arg-type]
