@@ -335,12 +335,14 @@ class Engine:
 
     def chat(
         self, messages: Iterable[ChatMessage | Mapping[str, str]], *, max_tokens: int = 512,
-        stop: Seq[str] = (), **sampling: Any,
+        stop: Seq[str] = (), cache_prompt: bool = True, **sampling: Any,
     ) -> ChatStream:
         """A chat reply, for use without HTTP: `messages` as `ChatMessage`s or OpenAI-style
-        dicts (`role`, `content`), `sampling` as `SamplingParams` fields (temperature, seed, ...)."""
+        dicts (`role`, `content`), `sampling` as `SamplingParams` fields (temperature, seed, ...);
+        `cache_prompt=False` reads the whole prompt afresh (a bit-exact repeat of a cold run)."""
         turns = tuple(m if isinstance(m, ChatMessage) else ChatMessage(m["role"], m["content"]) for m in messages)
-        return ChatStream(self.generate(CompletionRequest(turns, max_tokens, SamplingParams(**sampling), tuple(stop))))
+        return ChatStream(self.generate(CompletionRequest(turns, max_tokens, SamplingParams(**sampling), tuple(stop),
+                                                          cache_prompt=cache_prompt)))
 
     def prompt_tokens(self, request: CompletionRequest) -> list[int]:
         """The tokenized prompt for `request`; refuses one that cannot fit (off the loop: `offload`)."""

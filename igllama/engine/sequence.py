@@ -47,7 +47,7 @@ class CompletionRequest:
     # Reuse a slot's cached prefix (llama-server's cache_prompt). The last prompt
     # token is then decoded alone, and llama.cpp's kernels do not promise the
     # same floating-point result for one token as for a whole prompt, so a
-    # greedy reply may drift from a cold run late in the text.
+    # greedy reply may drift from a cold run where two tokens are nearly tied.
     cache_prompt: bool = True
     # None: no log-probabilities; n: each token's, with the n most likely (0-20).
     logprobs: int | None = None

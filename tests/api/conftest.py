@@ -13,6 +13,7 @@ Two ways to run one:
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import re
 import signal
 import subprocess
@@ -116,6 +117,24 @@ def start_process(args: list[str], log_path: Path) -> ServerProcess:
         process.kill()
         process.wait()
         raise
+
+
+# llama-server's repacked weights (its default) take llama.cpp's AMX kernels on an
+# AMX Xeon, and in some VMs those die with an illegal instruction before the first
+# token; the tests beside llama-server compare its API, not its kernels.
+REFERENCE_FLAGS = ("--no-repack",)
+
+
+def reference_binary() -> Path:
+    """The reference llama-server that scripts/reference_server.py builds (a skip without it)."""
+    spec = importlib.util.spec_from_file_location("reference_server", REPO / "scripts" / "reference_server.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    binary: Path = module.binary_in(module.cache_dir(module.installed_version()))
+    if not binary.is_file():
+        pytest.skip("no reference llama-server: build it with scripts/reference_server.py (~5-12 minutes)")
+    return binary
 
 
 def health_status(url: str) -> int | None:

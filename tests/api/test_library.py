@@ -70,9 +70,12 @@ def test_the_engine_without_http(model_path: str) -> None:
             pieces = [delta.text async for delta in stream]
             assert "".join(pieces) and stream.finished is not None
             assert stream.finished.completion_tokens == 6
+            # Greedy, read afresh: the same reply. (From the prefix cache the last prompt token is
+            # decoded alone, and on some CPUs that moves a near tie: docs/how-it-works.md, Determinism.)
             again = await engine.chat([{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0.0,
-                                      logit_bias=tuple((int(k), v) for k, v in NEVER_STOP.items())).text()
-            assert again == "".join(pieces)  # greedy: the same reply
+                                      logit_bias=tuple((int(k), v) for k, v in NEVER_STOP.items()),
+                                      cache_prompt=False).text()
+            assert again == "".join(pieces)
             result = await engine.embed(["a lighthouse", "a ship"])
             assert len(result.vectors) == 2 and abs(float(np.linalg.norm(result.vectors[0])) - 1.0) < 1e-3
         finally:

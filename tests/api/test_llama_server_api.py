@@ -10,7 +10,6 @@ own answers are compared with each other.
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import subprocess
 import time
@@ -24,10 +23,11 @@ import requests
 
 from tests.api.conftest import (
     ONE_THREAD,
-    REPO,
+    REFERENCE_FLAGS,
     STARTUP_TIMEOUT,
     TIMEOUT,
     ServerProcess,
+    reference_binary,
     sse_payloads,
     start_process,
 )
@@ -58,7 +58,7 @@ class Reference:
         with log.open("wb") as out:
             self.process = subprocess.Popen(
                 [str(binary), "-m", model, "--host", "127.0.0.1", "--port", str(self.port), "--threads", "1",
-                 *flags], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                 *REFERENCE_FLAGS, *flags], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while not self._healthy():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -85,20 +85,9 @@ class Reference:
             self.process.wait()
 
 
-def _reference_binary() -> Path:
-    spec = importlib.util.spec_from_file_location("reference_server", REPO / "scripts" / "reference_server.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    binary: Path = module.binary_in(module.cache_dir(module.installed_version()))
-    if not binary.is_file():
-        pytest.skip("no reference llama-server: build it with scripts/reference_server.py (~25 minutes)")
-    return binary
-
-
 @pytest.fixture(scope="module")
 def reference(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reference]:
-    server = Reference(_reference_binary(), model_path, tmp_path_factory.mktemp("reference") / "log",
+    server = Reference(reference_binary(), model_path, tmp_path_factory.mktemp("reference") / "log",
                        *SETTINGS, "--slots", "--temp", "0")
     yield server
     server.stop()
@@ -284,7 +273,7 @@ def test_unsupported_features_answer_501(native: ServerProcess, reference: Refer
 
 
 def test_native_embedding(native: ServerProcess, model_path: str, tmp_path: Path) -> None:
-    reference = Reference(_reference_binary(), model_path, tmp_path / "log", "-c", str(N_CTX), "--embeddings",
+    reference = Reference(reference_binary(), model_path, tmp_path / "log", "-c", str(N_CTX), "--embeddings",
                           "--pooling", "mean")
     try:
         for path, body in (("/embedding", {"content": "hello world"}), ("/embedding", {"content": ["a", [2, 9]]}),

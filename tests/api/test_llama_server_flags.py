@@ -27,11 +27,11 @@ from tests.api.conftest import (
     ONE_THREAD,
     TIMEOUT,
     ServerProcess,
+    reference_binary,
     start_process,
     wait_until,
 )
 
-REFERENCE = Path.home() / ".cache/igllama/llama-server-0.3.36/llama-server"
 ERROR = "igllama: error: "
 # (values tried on flags accepted only at some values, and one no such flag takes)
 SAMPLE_VALUES = ("0", "-1", "1", "2", "50", "64", "auto", "default", "*")
@@ -40,9 +40,7 @@ UNUSUAL_VALUE = "12345"
 
 def reference_spellings() -> set[str]:
     """Every spelling of every flag the reference llama-server's --help lists."""
-    if not REFERENCE.exists():
-        pytest.skip("the reference llama-server is not built (scripts/reference_server.py builds it)")
-    help_text = subprocess.run([str(REFERENCE), "--help"], capture_output=True, text=True, timeout=60,
+    help_text = subprocess.run([str(reference_binary()), "--help"], capture_output=True, text=True, timeout=60,
                                check=False).stdout
     spellings: set[str] = set()
     for line in help_text.splitlines():

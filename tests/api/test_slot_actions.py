@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import socket
 import subprocess
@@ -15,11 +14,13 @@ import requests
 
 from tests.api.conftest import (
     ONE_THREAD,
+    REFERENCE_FLAGS,
     STARTUP_TIMEOUT,
     TIMEOUT,
     ServerProcess,
     chat,
     health_status,
+    reference_binary,
     start_process,
     user,
     wait_until,
@@ -140,26 +141,15 @@ def test_a_busy_slot_is_a_409(slot_server: ServerProcess) -> None:
 # -- beside llama-server (the reference build of scripts/reference_server.py, when it is there)
 
 
-def reference_binary() -> Path | None:
-    try:
-        version = importlib.metadata.version("llama-cpp-python")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    binary = Path.home() / ".cache" / "igllama" / f"llama-server-{version}" / "llama-server"
-    return binary if binary.is_file() else None
-
-
 @pytest.fixture(scope="module")
 def reference(model_path: str, slots_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = reference_binary()
-    if binary is None:
-        pytest.skip("no reference llama-server: build it with scripts/reference_server.py")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = (tmp_path_factory.mktemp("reference") / "log").open("wb")
     process = subprocess.Popen([str(binary), "-m", model_path, "--port", str(port), "-c", "1024", "-np", "1",
-                                "-t", "1", "--slot-save-path", str(slots_dir)], stdout=log, stderr=log,
+                                "-t", "1", *REFERENCE_FLAGS, "--slot-save-path", str(slots_dir)], stdout=log, stderr=log,
                                stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
