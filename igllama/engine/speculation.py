@@ -12,7 +12,7 @@ A draft is only worth its cost when enough of it is accepted: on a CPU a
 decode of k tokens of one sequence costs far more than one token's (each
 position also pays for the output layer over the whole vocabulary), so the
 length is chosen by expected gain: the measured cost of a decode of each
-size (`DecodeCosts`, timed once at load) against the tokens a draft of that
+size (`DecodeCosts`, timed at load, then learnt) against the tokens a draft of that
 length is expected to yield, from the sequence's own acceptance so far and
 how long the matched history is. When nothing pays, nothing is drafted; in
 a large batch a draft slows every sequence in it, which the same sum counts.
@@ -29,8 +29,15 @@ from igllama.engine.ngram_memory import NgramMemory
 
 # Draft lengths tried (the continuation found may be shorter).
 _LENGTHS = (1, 2, 3, 4, 6, 8, 16, 32, 64)
-# Decode sizes timed at start: one token, and one token plus each draft length.
-MEASURED_SIZES = (1, *(1 + k for k in _LENGTHS))
+# Decode sizes timed at start: one token, and one token plus each draft length up to 16.
+# Longer ones are extrapolated, then learnt while serving (`DecodeCosts.observe`): a
+# decode with logits at n positions makes llama.cpp touch 2 x n rows of the vocabulary
+# (its output buffer and the graph's logits), 1 MB each on a 262k vocabulary, so timing
+# a 65-token decode at start would keep ~130 MB resident on a server that never drafts
+# that long (and add ~0.9 s to its start). Measured on both test models, the cost from
+# 17 tokens on grows almost linearly (33 and 65 within 10% of the line through 9 and 17).
+MEASURED_SIZES = (1, *(1 + k for k in _LENGTHS if k <= 16))
+_EXTRAPOLATED_SIZES = tuple(1 + k for k in _LENGTHS if k > 16)
 # How far one decode's observed time moves its size's cost.
 _LEARNING = 0.1
 # A draft must promise this much more throughput than no draft at all.
@@ -81,6 +88,8 @@ class DecodeCosts:
                 ms = (time.perf_counter() - start) * 1000.0
                 points[n] = min(ms, points.get(n, ms))
         self.set(points)
+        # Longer decodes: guesses on the line through the two largest sizes timed, for `observe` to correct.
+        self.set(points | {n: self.ms(n) for n in _EXTRAPOLATED_SIZES if n > max(points)})
 
     def set(self, points: dict[int, float]) -> None:
         """Use these costs (ms by decode size): measured ones, or assumed (tests, benchmarks)."""
@@ -95,7 +104,8 @@ class DecodeCosts:
             self._ms[i] += _LEARNING * (ms - self._ms[i])
 
     def ms(self, n: int) -> float:
-        """The cost of n tokens, interpolated between measured sizes (linear beyond the last)."""
+        """The cost of n tokens, interpolated between measured sizes, and beyond the last on the
+        line through the last two (never below the last one's cost)."""
         sizes, ms = self._sizes, self._ms
         i = bisect.bisect_left(sizes, n)
         if i < len(sizes) and sizes[i] == n:
@@ -103,7 +113,10 @@ class DecodeCosts:
         if i == 0:
             return ms[0]
         if i == len(sizes):
-            return ms[-1] * n / sizes[-1]
+            if len(sizes) == 1:
+                return ms[0] * n
+            slope = (ms[-1] - ms[-2]) / (sizes[-1] - sizes[-2])
+            return ms[-1] + max(slope, 0.0) * (n - sizes[-1])
         lo, hi = sizes[i - 1], sizes[i]
         return ms[i - 1] + (ms[i] - ms[i - 1]) * (n - lo) / (hi - lo)
 

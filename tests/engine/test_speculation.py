@@ -130,7 +130,20 @@ def test_costs_follow_what_decodes_take_while_serving() -> None:
 def test_costs_interpolate_between_measured_sizes() -> None:
     costs = DecodeCosts({1: 10.0, 4: 16.0, 16: 40.0})
     assert costs.ms(1) == 10.0 and costs.ms(2) == 12.0 and costs.ms(10) == 28.0
-    assert costs.ms(32) == 80.0  # linear beyond the last
+    assert costs.ms(32) == 72.0  # beyond the last, on the line through the last two
+
+
+def test_long_decodes_are_guessed_at_start_then_learnt() -> None:
+    # A 65-token decode is never timed at start (it would keep ~130 MB of logits resident).
+    timed: list[int] = []
+    costs = DecodeCosts()
+    costs.measure(lambda n: timed.append(n))
+    assert max(timed) == 17 and 65 not in timed
+    guess = costs.ms(65)
+    assert guess >= costs.ms(33) >= costs.ms(17)
+    for _ in range(40):
+        costs.observe(65, guess * 3)  # the real cost, seen while serving
+    assert abs(costs.ms(65) - guess * 3) < 0.05 * guess
 
 
 # -- on the real models: the reply is the same with speculation on and off
