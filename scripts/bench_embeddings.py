@@ -10,6 +10,7 @@ float noise.
 
     .venv/bin/python scripts/bench_embeddings.py                  # the demo model (Gemma 3 270M)
     .venv/bin/python scripts/bench_embeddings.py --model qwen     # Qwen2.5-Coder-0.5B-Instruct
+    .venv/bin/python scripts/bench_embeddings.py --ref-extra=--no-repack   # where llama-server's AMX kernels crash
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -75,6 +77,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--inputs", type=int, default=64, help="inputs per request")
     parser.add_argument("--requests", type=int, default=2, help="requests per round and server")
+    parser.add_argument("--ref-extra", default="", metavar="ARGS",
+                        help="extra arguments for llama-server, e.g. --ref-extra=--no-repack where its "
+                             "repacked (AMX) kernels crash")
     args = parser.parse_args()
 
     path = model_path(args.model)
@@ -87,7 +92,8 @@ def main() -> int:
         "igllama": Server("igllama", [python, "-m", "igllama", "api", path, "--host", host, "--port", str(ours_port),
                                       *threads], host, ours_port, logdir, "igllama"),
         "llama-server": Server("llama-server", [str(reference_server_path()), "-m", path, "--host", host, "--port",
-                                                str(ref_port), "--embeddings", "--pooling", "mean", *threads],
+                                                str(ref_port), "--embeddings", "--pooling", "mean", *threads,
+                                                *shlex.split(args.ref_extra)],
                                host, ref_port, logdir, "llama-server"),
     }
     rates: dict[str, list[float]] = {name: [] for name in servers}
