@@ -114,7 +114,7 @@ class DecodeCosts:
             return ms[0]
         if i == len(sizes):
             if len(sizes) == 1:
-                return ms[0] * n
+                return ms[0] * n / sizes[0]
             slope = (ms[-1] - ms[-2]) / (sizes[-1] - sizes[-2])
             return ms[-1] + max(slope, 0.0) * (n - sizes[-1])
         lo, hi = sizes[i - 1], sizes[i]
