@@ -61,6 +61,7 @@ CASES: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
     ("completions: 15 MB prompt", "/v1/completions", lambda: {"prompt": LONG, "max_tokens": 1}),
     ("chat: 15 MB message", "/v1/chat/completions",
      lambda: {"messages": [{"role": "user", "content": LONG}], "max_tokens": 1}),
+    ("embeddings: 900,000 inputs", "/v1/embeddings", lambda: {"input": ["a"] * 900_000}),
     ("tokenize: 3 MB with pieces", "/tokenize", lambda: {"content": LONG[:3_000_000], "with_pieces": True}),
     ("tools: one 7 MB schema", "/v1/chat/completions", big_tool),
     ("n 128, top_logprobs 20", "/v1/chat/completions",

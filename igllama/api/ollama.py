@@ -31,6 +31,7 @@ from igllama.api.fields import (
 from igllama.api.output import ANY_OBJECT, schema_grammar
 from igllama.api.tools import parse_tools
 from igllama.engine import (
+    MAX_EMBEDDING_INPUTS,
     ChatMessage,
     CompletionRequest,
     Engine,
@@ -357,16 +358,23 @@ async def version(app: App, request: Request) -> Response:
     return Response.json(200, {"version": OLLAMA_API_VERSION})
 
 
-async def embed(app: App, request: Request) -> Response:
-    started = time.perf_counter()
-    data = parse_json(request.body)
+def _embed_inputs(data: dict[str, Any]) -> list[str | list[int]]:
     raw = data.get("input")
     inputs = [raw] if isinstance(raw, str) else raw
+    if isinstance(inputs, list) and len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise APIError(400, f"input may hold at most {MAX_EMBEDDING_INPUTS} strings, not {len(inputs)}",
+                       param="input")
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
         raise APIError(400, "input must be a string or an array of strings", param="input")
+    return list(inputs)
+
+
+async def embed(app: App, request: Request) -> Response:
+    started = time.perf_counter()
+    data, inputs = await parse_body(request.body, lambda data: (data, _embed_inputs(data)))
     engine = await app.engine(model_name(data))
     try:
-        result = await engine.embed(list(inputs))
+        result = await engine.embed(inputs)
     except EngineError as exc:
         raise from_engine(exc, "input") from None
     return Response(200, orjson.dumps({

@@ -22,37 +22,37 @@ MAX_PIECES = 4096  # strings inside one mixed prompt: each is tokenized on its o
 Prompt = str | list[int] | list[int | str]
 
 
-def parse_prompts(raw: Any) -> list[Prompt]:
-    """`prompt`: a string, token ids, a mix of both, or a list of at most MAX_PROMPTS of those."""
+def parse_prompts(raw: Any, limit: int = MAX_PROMPTS, name: str = "prompt") -> list[Prompt]:
+    """The field `name`: a string, token ids, a mix of both, or a list of at most `limit` of those."""
     if isinstance(raw, str):
         return [raw]
     if isinstance(raw, list) and raw and all(is_int(t) or isinstance(t, str) for t in raw):
         if any(isinstance(t, str) for t in raw) and all(isinstance(t, str) for t in raw):
-            return _several(raw)  # ["a", "b"]: two prompts (llama-server reads it so too)
-        return [_mixed(raw, "prompt")]
+            return _several(raw, limit, name)  # ["a", "b"]: two prompts (llama-server reads it so too)
+        return [_mixed(raw, name, name)]
     if isinstance(raw, list) and raw:
-        return _several(raw)
-    raise APIError(400, f"prompt is required: a string, an array of token ids, or an array of at most "
-                   f"{MAX_PROMPTS} of either", param="prompt")
+        return _several(raw, limit, name)
+    raise APIError(400, f"{name} is required: a string, an array of token ids, or an array of at most "
+                   f"{limit} of either", param=name)
 
 
-def _several(raw: list[Any]) -> list[Prompt]:
-    if len(raw) > MAX_PROMPTS:
-        raise APIError(400, f"prompt may hold at most {MAX_PROMPTS} prompts, not {len(raw)}", param="prompt")
+def _several(raw: list[Any], limit: int, name: str) -> list[Prompt]:
+    if len(raw) > limit:
+        raise APIError(400, f"{name} may hold at most {limit} prompts, not {len(raw)}", param=name)
     prompts: list[Prompt] = []
     for i, item in enumerate(raw):
         if isinstance(item, str):
             prompts.append(item)
         elif isinstance(item, list) and item and all(is_int(t) or isinstance(t, str) for t in item):
-            prompts.append(_mixed(item, f"prompt[{i}]"))
+            prompts.append(_mixed(item, f"{name}[{i}]", name))
         else:
-            raise APIError(400, f"prompt[{i}] must be a string or an array of token ids", param="prompt")
+            raise APIError(400, f"{name}[{i}] must be a string or an array of token ids", param=name)
     return prompts
 
 
-def _mixed(items: list[Any], where: str) -> list[int | str]:
+def _mixed(items: list[Any], where: str, name: str) -> list[int | str]:
     if sum(isinstance(t, str) for t in items) > MAX_PIECES:
-        raise APIError(400, f"{where} mixes more than {MAX_PIECES} strings with its token ids", param="prompt")
+        raise APIError(400, f"{where} mixes more than {MAX_PIECES} strings with its token ids", param=name)
     return list(items)
 
 

@@ -1,5 +1,6 @@
 """The engine: llama.cpp through its low-level ctypes API, many requests at once."""
 
+from igllama.engine.embeddings import MAX_INPUTS as MAX_EMBEDDING_INPUTS
 from igllama.engine.embeddings import EmbeddingInputError, EmbeddingResult
 from igllama.engine.engine import ChoicesError, Engine, EngineConfig
 from igllama.engine.errors import (
@@ -30,6 +31,7 @@ from igllama.engine.tool_calls import CallDelta, ToolCall
 from igllama.engine.tools import ToolChoice, ToolSpec
 
 __all__ = [
+    "MAX_EMBEDDING_INPUTS",
     "MAX_PROMPT_LOGPROBS",
     "MAX_TOP_LOGPROBS",
     "CallDelta",

@@ -32,6 +32,8 @@ from igllama.engine.model import Model
 from igllama.engine.runner import ContextConfig, Runner
 
 MAX_INPUTS_PER_BATCH = 8  # sequences in one decode
+# Inputs in one request (OpenAI's limit): their vectors are all held until the reply goes out.
+MAX_INPUTS = 2048
 CHUNK = 64  # tokens per decode of a generative model (each reserves an output row of logits)
 
 # How a generative model's hidden states become one vector (--pooling, by
@@ -109,6 +111,9 @@ class Embedder:
 
     def tokenize(self, inputs: list[str | list[int]]) -> list[list[int]]:
         """Tokens for each input, checked against the vocabulary and the longest input."""
+        if len(inputs) > MAX_INPUTS:
+            raise EmbeddingInputError(f"input has {len(inputs)} items, more than the {MAX_INPUTS} one request "
+                                      "may embed")
         result = []
         longest = self.n_batch * self.model.max_token_bytes  # (more characters make more tokens than allowed)
         for i, item in enumerate(inputs):

@@ -163,6 +163,28 @@ def test_text_longer_than_the_context_could_hold_is_400_at_once(
     assert time.monotonic() - started < 10, "refused only after tokenizing it"
 
 
+# 900,000 one-letter inputs pass the bounds on body size and JSON values; as vectors, gigabytes.
+MANY_INPUTS = ["a"] * 900_000
+
+
+@pytest.mark.parametrize("path, body, name", [
+    ("/v1/embeddings", {"input": MANY_INPUTS}, "input"),
+    ("/api/embed", {"model": "m", "input": MANY_INPUTS}, "input"),
+    ("/embedding", {"content": MANY_INPUTS}, "content"),
+], ids=["openai", "ollama", "native"])
+def test_more_inputs_than_one_request_may_embed_is_400_at_once(
+        smollm: ServerProcess, probe: HealthProbe, path: str, body: dict[str, Any], name: str) -> None:
+    started = time.monotonic()
+    response = post(smollm, path, body)
+    assert response.status_code == 400, response.text[:500]
+    error = response.json()["error"]
+    message = error if isinstance(error, str) else error["message"]  # (Ollama's error is a string)
+    assert f"{name} may hold at most 2048" in message and "not 900000" in message, message
+    assert time.monotonic() - started < 10
+    ok = post(smollm, path, {**body, name: ["a", "b"]})
+    assert ok.status_code == 200, ok.text[:500]
+
+
 @pytest.mark.parametrize("n_messages", [200_000, 450_000], ids=["parsed-off-the-loop", "too-many-values"])
 def test_a_body_of_countless_small_messages_is_400(smollm: ServerProcess, probe: HealthProbe,
                                                      n_messages: int) -> None:

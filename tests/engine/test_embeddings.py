@@ -8,7 +8,7 @@ import resource
 import numpy as np
 import pytest
 
-from igllama.engine import EmbeddingInputError, Engine, TextDelta
+from igllama.engine import MAX_EMBEDDING_INPUTS, EmbeddingInputError, Engine, TextDelta
 from igllama.engine.embeddings import CHUNK, Embedder, EmbeddingJob
 from igllama.engine.model import Model
 from igllama.engine.runner import ContextConfig, Runner
@@ -43,6 +43,9 @@ async def test_bad_inputs_are_refused(engine: Engine) -> None:
         await engine.embed([[1, 2, 10**9]])
     with pytest.raises(EmbeddingInputError, match="more than the"):
         await engine.embed(["word " * 5000])
+    with pytest.raises(EmbeddingInputError, match=f"input has {MAX_EMBEDDING_INPUTS + 1} items, more than the "
+                                                  f"{MAX_EMBEDDING_INPUTS} one request may embed"):
+        await engine.embed(["a"] * (MAX_EMBEDDING_INPUTS + 1))  # their vectors would all be held for the reply
 
 
 async def test_embeddings_interleave_with_generation(engine: Engine) -> None:

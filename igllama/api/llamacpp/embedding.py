@@ -20,7 +20,7 @@ from igllama.api.errors import APIError, from_engine
 from igllama.api.fields import integer, model_name, parse_body
 from igllama.api.llamacpp.errors import not_supported
 from igllama.api.prompts import Prompt, parse_prompts, prompt_tokens
-from igllama.engine import Engine, EngineError
+from igllama.engine import MAX_EMBEDDING_INPUTS, Engine, EngineError
 from igllama.http import Request, Response
 
 if TYPE_CHECKING:
@@ -30,13 +30,14 @@ L2 = 2  # llama-server's embd_normalize for the Euclidean norm (its default)
 
 
 def _parse(data: dict[str, Any]) -> tuple[list[Prompt], str | None]:
-    raw = data.get("content", data.get("input"))
+    name = "content" if "content" in data else "input"
+    raw = data.get(name)
     if raw is None:
         raise APIError(400, '"input" or "content" must be provided', param="content")
     if integer(data, "embd_normalize", L2, None) != L2:
         raise not_supported("embd_normalize other than 2 is not supported: igllama's embeddings are "
                             "L2-normalised (llama-server's default)")
-    return parse_prompts(raw), model_name(data)
+    return parse_prompts(raw, MAX_EMBEDDING_INPUTS, name), model_name(data)
 
 
 async def embedding(app: App, request: Request) -> Response:

@@ -24,7 +24,13 @@ from igllama.api.fields import (
 from igllama.api.lora import lora_field
 from igllama.api.output import parse_output_format
 from igllama.api.tools import message_tool_calls, parse_tools
-from igllama.engine import MAX_PROMPT_LOGPROBS, MAX_TOP_LOGPROBS, ChatMessage, CompletionRequest
+from igllama.engine import (
+    MAX_EMBEDDING_INPUTS,
+    MAX_PROMPT_LOGPROBS,
+    MAX_TOP_LOGPROBS,
+    ChatMessage,
+    CompletionRequest,
+)
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
 
@@ -112,6 +118,8 @@ def parse_embeddings(data: dict[str, Any]) -> EmbeddingCall:
     elif isinstance(raw, list) and raw and all(is_int(t) for t in raw):
         inputs = [list(raw)]  # one input given as token ids
     elif isinstance(raw, list) and raw:
+        if len(raw) > MAX_EMBEDDING_INPUTS:
+            raise APIError(400, f"input may hold at most {MAX_EMBEDDING_INPUTS} items, not {len(raw)}", param="input")
         inputs = []
         for i, item in enumerate(raw):
             if isinstance(item, str):
