@@ -18,7 +18,7 @@ import asyncio
 import itertools
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -398,55 +398,52 @@ class Engine:
 
     async def embed(self, inputs: list[str | list[int]]) -> EmbeddingResult:
         """Unit-length embeddings of each input, computed between chat steps."""
-        self._starting += 1  # the whole call: an embedding job has no stream
-        try:
-            return await self._embed(inputs)
-        finally:
-            self._starting -= 1
-            self._note_idle()
 
-    async def _embed(self, inputs: list[str | list[int]]) -> EmbeddingResult:
-        loop = self._bind_loop()
-        self._check_serving()
-        if len(inputs) <= _INLINE_MESSAGES and sum(len(item) for item in inputs) <= _INLINE_CHARS:
-            tokens = self.embedder.tokenize(inputs)  # (a few ms at most, as for a small chat request)
-        else:
-            tokens = await loop.run_in_executor(None, self.embedder.tokenize, inputs)
-        done: asyncio.Future[Any] = loop.create_future()
+        async def job(settle: Callable[[Any], None]) -> EmbeddingJob:
+            if len(inputs) <= _INLINE_MESSAGES and sum(len(item) for item in inputs) <= _INLINE_CHARS:
+                tokens = self.embedder.tokenize(inputs)  # (a few ms at most, as for a small chat request)
+            else:
+                tokens = await self.offload(self.embedder.tokenize, inputs)
+            return EmbeddingJob(tokens, settle)
 
-        def settle(outcome: Any) -> None:
-            if not done.done():  # a cancelled waiter leaves a cancelled future behind
-                done.set_result(outcome)
-
-        job = EmbeddingJob(tokens, settle)
-        self._inbox.put(("embed", job))
-        try:
-            outcome = await done
-        except asyncio.CancelledError:
-            self._inbox.put(("cancel_embed", job))
-            raise
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
+        return await self._between_steps("embed", job, cancel="cancel_embed")
 
     async def slot_file(self, action: str, slot_id: int, path: str = "") -> SlotOutcome:
         """Save a slot's KV cache to `path`, restore it from there, or erase it (`action`), on the
         engine thread between steps. Raises `SlotBusy` for a slot serving a request, `SlotFileError`
         for an unknown slot or a file that cannot be written or read back."""
-        self._starting += 1  # (a pool must not unload the engine meanwhile)
+
+        async def job(settle: Callable[[Any], None]) -> SlotJob:
+            # A restored state is taken to be computed with the adapters a request without
+            # `lora` uses now: the file does not record them (nor does llama-server's).
+            return SlotJob(action, slot_id, path, self.adapters.default_key, settle)
+
+        return await self._between_steps("slot", job)
+
+    async def _between_steps(self, kind: str, make_job: Callable[[Callable[[Any], None]], Awaitable[Any]],
+                             cancel: str | None = None) -> Any:
+        """Run the job `make_job(settle)` makes on the engine thread between two steps and return what
+        it settles with, raising it if it is an exception. Cancelled, the job is withdrawn by a
+        `cancel` message, or else still runs and its outcome goes nowhere. The engine counts as
+        busy meanwhile (a job has no stream): a pool must not unload it."""
+        self._starting += 1
         try:
             loop = self._bind_loop()
             self._check_serving()
             done: asyncio.Future[Any] = loop.create_future()
 
             def settle(outcome: Any) -> None:
-                if not done.done():
+                if not done.done():  # a cancelled waiter leaves a cancelled future behind
                     done.set_result(outcome)
 
-            # A restored state is taken to be computed with the adapters a request without
-            # `lora` uses now: the file does not record them (nor does llama-server's).
-            self._inbox.put(("slot", SlotJob(action, slot_id, path, self.adapters.default_key, settle)))
-            outcome = await done  # (cancelled: the job still runs; its result goes nowhere)
+            job = await make_job(settle)
+            self._inbox.put((kind, job))
+            try:
+                outcome = await done
+            except asyncio.CancelledError:
+                if cancel is not None:
+                    self._inbox.put((cancel, job))
+                raise
             if isinstance(outcome, BaseException):
                 raise outcome
             return outcome

@@ -59,6 +59,19 @@ async def test_embeddings_interleave_with_generation(engine: Engine) -> None:
     assert n_deltas > 0 and len(result.vectors) == 20
 
 
+async def test_a_cancelled_embedding_request_is_withdrawn(engine: Engine) -> None:
+    # ~500,000 tokens: minutes of work on any CPU, unless withdrawn when its caller goes away.
+    big = asyncio.ensure_future(engine.embed([[1000 + i % 7] * 250 for i in range(MAX_EMBEDDING_INPUTS)]))
+    await asyncio.sleep(1.0)
+    assert not big.done()
+    big.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await big
+    result = await asyncio.wait_for(engine.embed(["hello"]), 10)  # not queued behind its inputs
+    assert len(result.vectors) == 1
+    assert not engine.busy
+
+
 def llama_cpp_mean(model: Model, tokens: list[int]) -> np.ndarray:
     """llama.cpp's own mean pooling of one input, decoded whole: the reference."""
     runner = Runner(model, ContextConfig(n_ctx=512, n_batch=512, n_threads=1, n_threads_batch=1, embeddings=True))
