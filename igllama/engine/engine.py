@@ -2,7 +2,7 @@
 
 `Engine` is what the rest of the program holds, one per loaded model.
 Requests are prepared (rendered, tokenized, their grammars compiled: see
-prompt.py) on an executor thread, never on the event loop, then handed to
+preparation.py) on an executor thread, never on the event loop, then handed to
 the model's `worker.Worker` on the engine thread, which owns the llama_context;
 events come back on the event loop, one wake-up per step, into each
 request's `GenerationStream`.
@@ -15,50 +15,42 @@ the engines of a `pool.EnginePool` share the pool's.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from igllama.engine.embeddings import Embedder, EmbeddingJob, EmbeddingResult
 from igllama.engine.errors import CapacityError, EngineError, EngineUnavailable, InputError
-from igllama.engine.grammar import auto_call_grammar, forced_call_grammar, json_grammar
 from igllama.engine.infill import ExtraFile
 from igllama.engine.lora import Adapters, LoraSpec
 from igllama.engine.messages import ChatMessage
 from igllama.engine.model import Model, ModelConfig, ModelLoadError
 from igllama.engine.ngram_memory import NgramMemory
+from igllama.engine.preparation import INLINE_CHARS, INLINE_MESSAGES, Preparer, is_small
 from igllama.engine.prompt import Prompts
 from igllama.engine.prompt_cache import PromptCache
 from igllama.engine.prompt_logprobs import max_scored_rows
 from igllama.engine.runner import ContextConfig, Runner, default_threads
-from igllama.engine.sampling import Sampler, SamplingParams
+from igllama.engine.sampling import SamplingParams
 from igllama.engine.scheduler import Scheduler
-from igllama.engine.sequence import CompletionRequest, Finished, OutputSchema, Sequence, TextDelta
+from igllama.engine.sequence import CompletionRequest, Finished, TextDelta
 from igllama.engine.slot_files import SlotJob, SlotOutcome
-from igllama.engine.speculation import DecodeCosts, Drafter, SpecConfig
+from igllama.engine.speculation import DecodeCosts, SpecConfig
 from igllama.engine.stats import EngineStats, snapshot
 from igllama.engine.stream import ChatStream, GenerationStream, Watchdog
 from igllama.engine.template import load_template
-from igllama.engine.text import THINK_OPEN, ReasoningSplitter, TextPipeline
 from igllama.engine.thread import EngineThread
-from igllama.engine.tool_calls import OPEN
 from igllama.engine.worker import Worker
+
+T = TypeVar("T")
 
 
 class ChoicesError(InputError):
     """More choices (`n`) than the server could ever run and queue at once."""
 
     param = "n"
-
-
-class VocabularyError(InputError):
-    """A token id the model's vocabulary does not have."""
-
-    param = "logit_bias"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,17 +135,19 @@ class Engine:
         self._own_thread = thread is None
         self._thread = thread if thread is not None else EngineThread()
         self.worker = Worker(self.model, self.runner, self.scheduler, self.embedder, self._thread.inbox())
-        self.costs = DecodeCosts() if config.spec.enabled else None
         spec = config.spec
-        self.memory = NgramMemory(spec.memory, spec.ngram_max // 2, spec.ngram_max) \
+        self.costs = DecodeCosts() if spec.enabled else None  # (timed on the engine thread, then learnt)
+        memory = NgramMemory(spec.memory, spec.ngram_max // 2, spec.ngram_max) \
             if spec.enabled and spec.memory > 0 else None
+        self.preparer = Preparer(self.model, self.prompts, self.adapters, thinks=self.thinks,
+                                 no_think=config.no_think, split_reasoning=config.split_reasoning, spec=spec,
+                                 costs=self.costs, memory=memory)
         self.worker.costs = self.costs
         self.worker.adapters = self.adapters if len(self.adapters) else None
         self._inbox = self.worker.inbox
         # The engine as of its latest step, published by the engine thread (see `stats`).
         self.stats = snapshot(self.scheduler, 0)  # (the engine thread has not started)
         self.worker.publish = self._published
-        self._ids = itertools.count()
         # Event-loop side: the open streams, which the watchdog looks over; calls
         # between their start and their stream (or embeddings) being there; when work last ended.
         self._streams: set[GenerationStream] = set()
@@ -241,10 +235,10 @@ class Engine:
         # is never felt by another client's /health; only a small plain request, a few ms
         # of work, is prepared at once (it then joins the very next step, as requests sent
         # together are admitted together).
-        if _is_small(request, n):
-            sequences = self._sequences(request, n)
+        if is_small(request, n):
+            sequences = self.preparer.sequences(request, n)
         else:
-            sequences = await loop.run_in_executor(None, self._sequences, request, n)
+            sequences = await loop.run_in_executor(None, self.preparer.sequences, request, n)
         try:
             self._check_serving()
             self._check_room(n)  # (others may have taken the room meanwhile)
@@ -272,58 +266,6 @@ class Engine:
                 f"the server is busy: {self.config.max_queue} requests are already waiting; retry later"
             )
 
-    def _sequences(self, request: CompletionRequest, n: int) -> list[Sequence]:
-        """The request's `n` sequences, ready for the engine thread (run off the event loop)."""
-        lora = self.adapters.key(request.lora)  # (now: a later change of the global scales does not touch it)
-        prompt = self.prompt_tokens(request)
-        sampling = self._sampling(request)
-        for token, _ in sampling.logit_bias:
-            if not 0 <= token < self.model.n_vocab:
-                raise VocabularyError(
-                    f"logit_bias token id {token} is outside the vocabulary (0..{self.model.n_vocab - 1})")
-        sequences: list[Sequence] = []
-        scored_request = request.prompt_logprobs is not None
-        try:
-            for i in range(n):
-                params = sampling if i == 0 or sampling.seed is None else replace(sampling, seed=sampling.seed + i)
-                # Only the first choice scores the prompt (the others' prompt is the same), and it
-                # prefills it whole: the cells of a cached prefix carry no logits to score it by.
-                scored = i == 0 and scored_request
-                sequences.append(Sequence(
-                    next(self._ids),
-                    prompt,
-                    request.max_tokens,
-                    Sampler(params, self.model.n_vocab, prompt, self.model.vocab),
-                    self._text_pipeline(request, prompt),
-                    None,
-                    request.cache_prompt and not scored,
-                    request.logprobs,
-                    # (a scored prompt's other choices wait for its scores too, which open their replies)
-                    leader=sequences[0] if sequences and (request.cache_prompt or scored_request) else None,
-                    drafter=Drafter(self.config.spec, self.costs, prompt, self.memory) if self.costs and request.speculate else None,
-                    report_progress=request.return_progress,
-                    return_tokens=request.return_tokens,
-                    preferred_slot=request.slot_id,
-                    lora=lora,
-                    n_prompt_logprobs=request.prompt_logprobs if scored else None,
-                    prompt_ranks=request.prompt_ranks,
-                    log_end=request.end_logprob,
-                ))
-        except Exception:
-            for seq in sequences:
-                seq.sampler.close()
-            raise
-        return sequences
-
-    def _text_pipeline(self, request: CompletionRequest, prompt: list[int]) -> TextPipeline:
-        return TextPipeline(
-            request.stop,
-            strip_think=self.no_think(request),
-            tools=[tool.name for tool in request.offered_tools],
-            opening=request.tool_choice.forced_opening() if request.offered_tools else "",
-            reasoning=self._reasoning_splitter(request, prompt),
-        )
-
     async def generate(self, request: CompletionRequest) -> AsyncIterator[TextDelta | Finished]:
         """Text deltas, then one `Finished`; closing the iterator early cancels the request."""
         stream = await self.submit(request)
@@ -346,11 +288,11 @@ class Engine:
 
     def prompt_tokens(self, request: CompletionRequest) -> list[int]:
         """The tokenized prompt for `request`; refuses one that cannot fit (off the loop: `offload`)."""
-        return self.prompts.tokens(request, self.no_think(request))
+        return self.preparer.prompt_tokens(request)
 
     def render(self, request: CompletionRequest) -> str:
         """The prompt text the chat template makes of the request's messages (off the loop: `offload`)."""
-        return self.prompts.render(request, self.no_think(request))
+        return self.preparer.render(request)
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True, param: str = "prompt"
                  ) -> list[int]:
@@ -367,40 +309,11 @@ class Engine:
         """`work(*args)` on an executor thread: for whatever grows with a request's size."""
         return await asyncio.get_running_loop().run_in_executor(None, work, *args)
 
-    def _sampling(self, request: CompletionRequest) -> SamplingParams:
-        """The request's sampling, with the grammar its reply follows: a forced
-        tool call's, else the request's own (structured output)."""
-        tools, choice = request.offered_tools, request.tool_choice
-        if tools and choice.forced_opening():
-            return replace(request.sampling, grammar=forced_call_grammar(tools, choice))
-        if isinstance(request.grammar, OutputSchema):
-            return replace(request.sampling, grammar=json_grammar(request.grammar.schema, request.grammar.param))
-        if request.grammar:
-            return replace(request.sampling, grammar=request.grammar)
-        if tools:  # "auto": free text, but a call the model opens must be a valid one
-            return replace(request.sampling, grammar=auto_call_grammar(tools), grammar_triggers=(re.escape(OPEN),))
-        return request.sampling
-
-    def _reasoning_splitter(self, request: CompletionRequest, prompt: list[int]) -> ReasoningSplitter | None:
-        """A splitter for a thinking model's reasoning, unless kept inline or thinking is off."""
-        split = self.config.split_reasoning if request.split_reasoning is None else request.split_reasoning
-        if not split or not self.thinks or self.no_think(request) or request.prompt:
-            return None  # (a raw prompt's continuation is text, as it comes)
-        tail = b"".join(self.model.piece(token) for token in prompt[-4:]).decode("utf-8", errors="replace")
-        return ReasoningSplitter(opened=tail.rstrip().endswith(THINK_OPEN))
-
-    def no_think(self, request: CompletionRequest) -> bool:
-        """Whether this request's reply opens with an empty think block (never for raw prompts)."""
-        if request.prompt:
-            return False
-        wanted = self.config.no_think if request.no_think is None else request.no_think
-        return wanted and self.thinks
-
     async def embed(self, inputs: list[str | list[int]]) -> EmbeddingResult:
         """Unit-length embeddings of each input, computed between chat steps."""
 
         async def job(settle: Callable[[Any], None]) -> EmbeddingJob:
-            if len(inputs) <= _INLINE_MESSAGES and sum(len(item) for item in inputs) <= _INLINE_CHARS:
+            if len(inputs) <= INLINE_MESSAGES and sum(len(item) for item in inputs) <= INLINE_CHARS:
                 tokens = self.embedder.tokenize(inputs)  # (a few ms at most, as for a small chat request)
             else:
                 tokens = await self.offload(self.embedder.tokenize, inputs)
@@ -489,26 +402,3 @@ class Engine:
             self._watchdog.stop()
             self._watchdog.start()
         return loop
-
-
-T = TypeVar("T")
-
-
-# A request prepared on the event loop itself: ~3 ms of rendering and tokenizing at most
-# (0.75 us a character for the demo model), no grammar to convert or compile.
-_INLINE_CHARS = 4096
-_INLINE_MESSAGES = 32
-_INLINE_CHOICES = 4
-
-
-def _is_small(request: CompletionRequest, n: int) -> bool:
-    if n > _INLINE_CHOICES or request.grammar or request.offered_tools:
-        return False
-    if request.prompt:
-        return len(request.prompt) <= _INLINE_CHARS
-    if len(request.messages) > _INLINE_MESSAGES:
-        return False
-    chars = 0
-    for message in request.messages:
-        chars += len(message.content) + sum(len(c.arguments) for c in message.tool_calls)
-    return chars <= _INLINE_CHARS
